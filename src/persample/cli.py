@@ -1,0 +1,41 @@
+"""`persample run | conformance | bench | collect | report | methods | workloads`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from .methods.registry import registered
+
+    for name, method in registered().items():
+        why = method.unavailable_reason()
+        caps = method.capabilities
+        status = "ok" if why is None else f"unavailable: {why}"
+        print(f"{name:18s} {'peer' if caps.peer else 'ours':5s} {status:14s} {caps.summary}")
+    return 0
+
+
+def _workloads(args: argparse.Namespace) -> int:
+    from .workloads import all_workloads
+
+    for workload in all_workloads():
+        print(f"{workload.name:18s} {','.join(sorted(workload.tags)):32s} {workload.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="persample", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("methods", help="list registered methods and whether they run here").set_defaults(run=_methods)
+    commands.add_parser("workloads", help="list the model zoo").set_defaults(run=_workloads)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Linear. Indices: n batch, t tokens (all dims between batch and features), i in, o out.
+
+gW[n,o,i] = Σ_t g[n,t,o] x[n,t,i];  gb[n,o] = Σ_t g[n,t,o]       (Goodfellow 2015, eq. 2)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .registry import register_rule
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """View (n, *leading, f) as (n, t, f)."""
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+@register_rule(nn.Linear)
+class LinearRule:
+    @staticmethod
+    def grad_sample(module: nn.Linear, x: torch.Tensor, grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
+        x, g = _tokens(x), _tokens(grad_out)
+        grads = {"weight": torch.einsum("nto,nti->noi", g, x)}
+        if module.bias is not None:
+            grads["bias"] = g.sum(1)
+        return grads
+
+    @staticmethod
+    def expanded_forward(module: nn.Linear, x: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = torch.einsum("nti,noi->nto", _tokens(x), weights["weight"])
+        if "bias" in weights:
+            out = out + weights["bias"].unsqueeze(1)
+        return out.reshape(*x.shape[:-1], out.shape[-1])

@@ -1,0 +1,55 @@
+"""Registry of layer rules keyed by module type; subclasses match unless they change `forward`."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+GradSample = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+ExpandedForward = Callable[[nn.Module, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """The two formulas of one layer type.
+
+    grad_sample(module, x, grad_out) -> {local param name: (B, *param.shape)}
+    expanded_forward(module, x, weights) -> output, with weights[name] of shape (B, *param.shape)
+    """
+
+    layer: type[nn.Module]
+    grad_sample: GradSample
+    expanded_forward: ExpandedForward
+
+
+_RULES: dict[type[nn.Module], LayerRule] = {}
+
+
+def register_rule(layer: type[nn.Module]) -> Callable[[type], type]:
+    """Class decorator: the class's static `grad_sample` and `expanded_forward` become a rule."""
+
+    def decorate(cls: type) -> type:
+        _RULES[layer] = LayerRule(layer, cls.grad_sample, cls.expanded_forward)
+        return cls
+
+    return decorate
+
+
+def rule_for(module: nn.Module) -> LayerRule | None:
+    """The rule for `module`'s type or its nearest registered base class.
+
+    A subclass that overrides `forward` computes something else, so it does not match: the
+    base class's formula would silently give wrong gradients.
+    """
+    for base in type(module).__mro__:
+        rule = _RULES.get(base)
+        if rule is not None:
+            return rule if type(module).forward is base.forward else None
+    return None
+
+
+def rule_types() -> tuple[type[nn.Module], ...]:
+    """Every layer type that has a rule."""
+    return tuple(_RULES)
