@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 
@@ -24,11 +25,17 @@ def _workloads(args: argparse.Namespace) -> int:
     return 0
 
 
+# Each area adds its own sub-commands: `add_commands(subparsers)` in these modules.
+COMMAND_MODULES = ("persample.bench.commands", "persample.report.commands", "persample.runner")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persample", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("methods", help="list registered methods and whether they run here").set_defaults(run=_methods)
     commands.add_parser("workloads", help="list the model zoo").set_defaults(run=_workloads)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_commands(commands)
     return parser
 
 

@@ -19,7 +19,6 @@ from torch import nn
 from ..contract import (
     Batch,
     LossFn,
-    batch_size_of,
     check_dtype_on_device,
     check_inputs_match,
     check_per_sample_loss,
@@ -97,25 +96,32 @@ class Method(ABC):
                 )
         return None
 
-    def check(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-        """Raise `Unsupported` unless this method can run `model` on `device` in `dtype`."""
+    def problem(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> Unsupported | None:
+        """Why this method cannot run `model` on `device` in `dtype` (not raised), or None."""
         name = self.name
         reason = self.unavailable_reason()
         if reason:
-            raise Unsupported(reason, method=name)
+            return Unsupported(reason, method=name)
         if device.type not in self.capabilities.devices:
-            raise Unsupported(f"does not run on {device.type}", method=name)
+            return Unsupported(f"does not run on {device.type}", method=name)
         if dtype not in self.capabilities.dtypes:
-            raise Unsupported(f"does not offer {dtype}", method=name)
-        check_dtype_on_device(dtype, device)
-        refuse_unsound_layers(model, method=name)
-        problem = self.find_unsupported(model)
+            return Unsupported(f"does not offer {str(dtype).removeprefix('torch.')}", method=name)
+        try:
+            check_dtype_on_device(dtype, device)
+            refuse_unsound_layers(model, method=name)
+        except Unsupported as refused:
+            return refused
+        return self.find_unsupported(model)
+
+    def check(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+        """Raise `Unsupported` (naming the methods that can) unless this method can run `model`."""
+        problem = self.problem(model, device, dtype)
         if problem is not None:
             raise Unsupported(
                 problem.reason,
-                method=name,
+                method=self.name,
                 layer=problem.layer,
-                supported_by=[m for m in methods_supporting(model) if m != name],
+                supported_by=[m for m in methods_supporting(model, device, dtype) if m != self.name],
             )
 
     def prepare(self, model: nn.Module, loss_fn: LossFn | None, example_batch: Batch) -> Step:
@@ -195,26 +201,18 @@ def get(method: str | Method) -> Method:
     return methods[method]
 
 
-def methods_supporting(model: nn.Module) -> list[str]:
-    """Names of registered, installed methods whose vocabulary covers `model`'s layers."""
-    names = []
-    for name, method in registered().items():
-        if method.unavailable_reason() is None and _covers(method, model):
-            names.append(name)
-    return names
+def methods_supporting(model: nn.Module, device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Names of registered methods that can run `model` on `device` in `dtype` here."""
+    return [name for name, method in registered().items() if _can_run(method, model, device, dtype)]
 
 
-def _covers(method: Method, model: nn.Module) -> bool:
+def _can_run(method: Method, model: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
     try:
-        return method.find_unsupported(model) is None
-    except Exception:  # a method's own check failing means it does not cover the model
+        return method.problem(model, device, dtype) is None
+    except Exception:  # a method whose own check breaks cannot be recommended
         return False
 
 
 def available_methods() -> dict[str, str | None]:
     """name -> None if the method can run on this machine, else why not."""
     return {name: method.unavailable_reason() for name, method in registered().items()}
-
-
-def batch_size(example_batch: Batch) -> int:
-    return batch_size_of(example_batch[0])

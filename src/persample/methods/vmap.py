@@ -36,18 +36,17 @@ class VmapMethod(Method):
     def __init__(self, chunk_size: int | None = None) -> None:
         self.chunk_size = chunk_size
 
-    def check(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-        super().check(model, device, dtype)
+    def problem(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> Unsupported | None:
         rnn = next((m for m in model.modules() if isinstance(m, nn.RNNBase)), None)
         if rnn is not None and (device.type, dtype) not in RNN_SUPPORTED:
             kind = type(rnn).__name__
-            raise Unsupported(
+            return Unsupported(
                 f"torch.func has no vmap batching rule for {kind}; its fallback only works for "
                 f"float32 on the CPU, not {str(dtype).removeprefix('torch.')} on {device.type}",
                 method=self.name,
                 layer=kind,
-                supported_by=["loop", "jax"],
             )
+        return super().problem(model, device, dtype)
 
     def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch) -> Step:
         trainable = trainable_parameters(model)

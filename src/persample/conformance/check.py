@@ -1,0 +1,93 @@
+"""Run one conformance cell: prepare the method, compute, compare with the float64 reference."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+
+import torch
+
+from ..errors import Unsupported
+from ..reference import compare, reference_grads, tolerance_for
+from ..workloads import Problem, Workload
+from .cells import Cell
+from .conditioning import well_conditioned_seed
+from .records import Record
+
+BATCH_SIZE = 8
+
+
+class ReferenceCache:
+    """Float64 references per (workload, dtype, device), and each workload's seed."""
+
+    def __init__(self, batch_size: int = BATCH_SIZE) -> None:
+        self.batch_size = batch_size
+        self._seeds: dict[str, int] = {}
+        self._references: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    def seed(self, workload: Workload) -> int:
+        if workload.name not in self._seeds:
+            self._seeds[workload.name] = well_conditioned_seed(workload, self.batch_size)
+        return self._seeds[workload.name]
+
+    def problem(self, workload: Workload, dtype: torch.dtype, device: str) -> Problem:
+        """A fresh problem per cell, so a method that corrupts its model harms no other cell."""
+        return workload.build("small", self.batch_size, self.seed(workload), device, dtype)
+
+    def reference(self, workload: Workload, dtype: torch.dtype, device: str) -> dict[str, torch.Tensor]:
+        """Loop in float64 on the values of the `dtype` model and batch, upcast."""
+        key = (workload.name, dtype, device)
+        if key not in self._references:
+            p = self.problem(workload, dtype, device)
+            self._references[key] = reference_grads(p.model, p.inputs, p.targets, p.loss_fn)
+        return self._references[key]
+
+
+@contextmanager
+def tensor_float32(enabled: bool):
+    """TF32 matrix units on or off for the duration (CUDA matmul and cuDNN convolutions)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def run_cell(cell: Cell, cache: ReferenceCache, known_deviations: dict[str, str] | None = None) -> Record:
+    """The cell's outcome: pass, fail (with the measured error or the exception) or unsupported."""
+    caps = cell.method.capabilities
+    tolerance = tolerance_for(cell.mode)
+    record = Record(
+        id=cell.id, method=cell.method.name, workload=cell.workload.name, dtype=cell.mode,
+        device=cell.device, outcome="fail", peer=caps.peer, tolerance=asdict(tolerance),
+        known_deviation=(known_deviations or {}).get(cell.id), batch_size=cache.batch_size,
+    )
+    refused = "refused" in cell.workload.tags
+    start = time.perf_counter()
+    try:
+        problem = cache.problem(cell.workload, cell.dtype, cell.device)
+        with tensor_float32(cell.mode == "tf32"):
+            step = cell.method.prepare(problem.model, problem.loss_fn, (problem.inputs, problem.targets))
+            grads = step(problem.inputs, problem.targets)
+    except Unsupported as unsupported:
+        record.outcome, record.reason = "unsupported", str(unsupported)
+    except Exception as error:  # a crash is a finding: the record keeps it
+        record.reason = f"{type(error).__name__}: {error}"
+    else:
+        if refused:
+            record.reason = "returned gradients for a model whose layers couple samples (should refuse)"
+        else:
+            comparison = compare(grads, cache.reference(cell.workload, cell.dtype, cell.device))
+            record.relative_error = comparison.max_relative if comparison.relative else None
+            record.per_sample_error = comparison.max_per_sample if comparison.per_sample else None
+            if comparison.per_sample:
+                record.worst_parameter = max(comparison.per_sample, key=comparison.per_sample.get)
+                record.worst_sample = comparison.worst_sample[record.worst_parameter]
+            if comparison.within(tolerance):
+                record.outcome = "pass"
+            else:
+                record.reason = comparison.describe(tolerance)
+    record.seconds = round(time.perf_counter() - start, 4)
+    record.expected_failure = record.outcome == "fail" and caps.peer
+    return record

@@ -1,0 +1,54 @@
+"""One record per conformance cell, and the results file the report reads."""
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SCHEMA = "persample.conformance/1"
+
+
+@dataclass
+class Record:
+    id: str
+    method: str
+    workload: str
+    dtype: str
+    device: str
+    outcome: str  # "pass" | "fail" | "unsupported"
+    peer: bool = False
+    expected_failure: bool = False
+    known_deviation: str | None = None
+    relative_error: float | None = None
+    per_sample_error: float | None = None
+    tolerance: dict[str, float] = field(default_factory=dict)
+    worst_parameter: str | None = None
+    worst_sample: int | None = None
+    reason: str | None = None
+    batch_size: int = 0
+    size: str = "small"
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def write_results(records: list[dict], path: Path, machine: dict) -> Path:
+    """Write (or merge into) the machine's results file; later records replace same-id ones."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    merged: dict[str, dict] = {}
+    if path.exists():
+        try:
+            merged = {r["id"]: r for r in json.loads(path.read_text()).get("records", [])}
+        except (json.JSONDecodeError, KeyError):
+            merged = {}
+    merged.update({r["id"]: r for r in records})
+    payload = {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "records": sorted(merged.values(), key=lambda r: r["id"]),
+    }
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return path

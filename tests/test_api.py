@@ -1,0 +1,152 @@
+"""The public API: `per_sample_grads`, `per_sample_grad_norms`, `available_methods`, method
+resolution and plugins, and the errors bad input gets (each names the problem and the fix)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import persample
+from persample import LossNotPerSample, Unsupported
+from persample.methods.registry import get, load_object, registered
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def linear_problem(batch: int = 5):
+    torch.manual_seed(0)
+    return nn.Linear(4, 3), torch.randn(batch, 4), torch.randint(3, (batch,))
+
+
+def test_per_sample_grads_returns_one_unscaled_gradient_per_sample_and_parameter():
+    model, x, y = linear_problem()
+    grads = persample.per_sample_grads(model, x, y)
+    assert {k: tuple(v.shape) for k, v in grads.items()} == {"weight": (5, 3, 4), "bias": (5, 3)}
+    alone = persample.per_sample_grads(model, x[2:3], y[2:3], method="loop")
+    torch.testing.assert_close(grads["weight"][2], alone["weight"][0])
+
+
+def test_per_sample_grad_norms_are_the_norms_over_all_parameters():
+    model, x, y = linear_problem()
+    grads = persample.per_sample_grads(model, x, y, method="hooks")
+    expected = (grads["weight"].flatten(1).square().sum(1) + grads["bias"].square().sum(1)).sqrt()
+    torch.testing.assert_close(persample.per_sample_grad_norms(model, x, y, method="hooks"), expected)
+
+
+def test_auto_picks_a_method_that_supports_the_model():
+    assert persample.api.resolve_method("auto", nn.Linear(4, 3), torch.randn(2, 4)).name == "hooks"
+    lstm = nn.LSTM(4, 3, batch_first=True)  # no per-layer rule: hooks cannot, so auto looks further
+    chosen = persample.api.resolve_method("auto", lstm, torch.randn(2, 5, 4))
+    assert chosen.name != "hooks" and chosen.find_unsupported(lstm) is None
+
+
+def test_unknown_method_names_the_registered_ones():
+    model, x, y = linear_problem()
+    with pytest.raises(ValueError, match="unknown method 'nope'.*loop"):
+        persample.per_sample_grads(model, x, y, method="nope")
+
+
+def test_available_methods_says_why_a_method_cannot_run(monkeypatch):
+    import importlib.util
+
+    method = get("loop")
+    monkeypatch.setattr(type(method), "capabilities", persample.Capabilities(
+        name="loop", summary="x", requires=(("no_such_module_here", "no-such-package"),)))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert "pip install no-such-package" in persample.available_methods()["loop"]
+
+
+def test_a_scalar_loss_is_refused_with_an_explanation_of_reduction():
+    model, x, y = linear_problem()
+    with pytest.raises(LossNotPerSample, match=r"already reduced.*reduction='none'") as raised:
+        persample.per_sample_grads(model, x, y, loss_fn=nn.CrossEntropyLoss(), method="hooks")
+    assert isinstance(raised.value, ValueError)
+
+
+def test_a_loss_with_extra_dimensions_is_refused():
+    model, x, _ = linear_problem()
+    with pytest.raises(LossNotPerSample, match=r"shape \(5,\); got \(5, 3\)"):
+        persample.per_sample_grads(model, x, torch.randn(5, 3), loss_fn=nn.MSELoss(reduction="none"), method="vmap")
+
+
+def test_inputs_in_another_dtype_than_the_model_are_refused_with_the_cast_to_make():
+    model, x, y = linear_problem()
+    with pytest.raises(ValueError, match=r"input 0 is torch.float64.*torch.float32.*cast"):
+        persample.per_sample_grads(model, x.double(), y, method="hooks")
+
+
+def test_targets_must_match_the_batch():
+    model, x, y = linear_problem()
+    with pytest.raises(ValueError, match="targets must be batch first with 5 rows"):
+        persample.per_sample_grads(model, x, y[:3], method="hooks")
+
+
+def test_a_model_without_trainable_parameters_is_refused():
+    model, x, y = linear_problem()
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        persample.per_sample_grads(model, x, y, method="hooks")
+
+
+def test_an_unsupported_layer_names_the_layer_and_the_methods_that_can():
+    model = nn.Sequential(nn.Linear(4, 4), nn.PReLU(), nn.Linear(4, 3))
+    _, x, y = linear_problem()
+    with pytest.raises(Unsupported, match=r"layer 1 \(PReLU\).*methods that can: loop.*vmap") as raised:
+        persample.per_sample_grads(model, x, y, method="hooks")
+    assert raised.value.layer == "PReLU" and "vmap" in raised.value.supported_by
+
+
+def test_a_subclass_that_overrides_forward_does_not_inherit_the_layer_rule():
+    class Doubled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    _, x, y = linear_problem()
+    with pytest.raises(Unsupported, match="overrides forward"):
+        persample.per_sample_grads(Doubled(4, 3), x, y, method="expand")
+
+
+def test_a_subclass_that_keeps_forward_uses_the_layer_rule():
+    class Tagged(nn.Linear):
+        pass
+
+    torch.manual_seed(0)
+    model, (_, x, y) = Tagged(4, 3), linear_problem()
+    torch.testing.assert_close(persample.per_sample_grads(model, x, y, method="hooks")["weight"],
+                               persample.per_sample_grads(model, x, y, method="loop")["weight"])
+
+
+def test_hooks_refuse_a_layer_output_modified_in_place():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 3))
+    _, x, y = linear_problem()
+    with pytest.raises(Unsupported, match=r"modified in place.*inplace=False"):
+        persample.per_sample_grads(model, x, y, method="hooks")
+
+
+@pytest.mark.parametrize("option, message", [("scale_grad_by_freq", "frequency in the whole batch"), ("max_norm", "in place")])
+def test_embedding_options_that_break_per_sample_gradients_are_refused(option, message):
+    layer = nn.Embedding(10, 3, **{option: True if option == "scale_grad_by_freq" else 1.0})
+    model = nn.Sequential(layer, nn.Flatten(), nn.Linear(6, 2))
+    with pytest.raises(Unsupported, match=message):
+        persample.per_sample_grads(model, torch.randint(10, (4, 2)), torch.randint(2, (4,)), method="vmap")
+
+
+def test_a_method_given_as_module_and_object_is_loaded_and_registered():
+    method = load_object("examples.torch_func_plugin:method")
+    assert registered()["my-vmap"] is method
+    model, x, y = linear_problem()
+    torch.testing.assert_close(method(model, x, y)["weight"], get("loop")(model, x, y)["weight"])
+
+
+def test_the_conformance_matrix_runs_against_a_plugin_method():
+    command = [sys.executable, "-m", "pytest", "conformance/test_matrix.py", "conformance/test_invariants.py", "-q",
+               "--method", "examples.torch_func_plugin:method", "--workload", "mlp", "--workload", "lm_tied",
+               "--results", str(ROOT / ".pytest-plugin-results.json"), "-p", "no:randomly"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    (ROOT / ".pytest-plugin-results.json").unlink(missing_ok=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "my-vmap" in done.stdout and " passed" in done.stdout
