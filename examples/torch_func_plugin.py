@@ -1,10 +1,10 @@
 """A method of your own in ten lines: torch.func's vmap(grad) as a persample plugin.
 
 Run the whole conformance matrix against it without forking persample:
-    pytest conformance --method examples.torch_func_plugin:method
-or advertise it from your package's pyproject.toml:
+    pytest conformance --method examples/torch_func_plugin.py:method
+or, once it lives in your package, advertise it in your pyproject.toml:
     [project.entry-points."persample.methods"]
-    my-vmap = "examples.torch_func_plugin:method"
+    my-vmap = "mylib.persample_plugin:method"
 """
 import torch
 from torch.func import functional_call, grad, vmap

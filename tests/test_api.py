@@ -38,7 +38,9 @@ def test_per_sample_grad_norms_are_the_norms_over_all_parameters():
 
 
 def test_auto_picks_a_method_that_supports_the_model():
-    assert persample.api.resolve_method("auto", nn.Linear(4, 3), torch.randn(2, 4)).name == "hooks"
+    """Which one depends on the measured data (tests/report/test_auto.py); that it can run does not."""
+    linear = nn.Linear(4, 3)
+    assert persample.api.resolve_method("auto", linear, torch.randn(2, 4)).find_unsupported(linear) is None
     lstm = nn.LSTM(4, 3, batch_first=True)  # no per-layer rule: hooks cannot, so auto looks further
     chosen = persample.api.resolve_method("auto", lstm, torch.randn(2, 5, 4))
     assert chosen.name != "hooks" and chosen.find_unsupported(lstm) is None
@@ -136,17 +138,16 @@ def test_embedding_options_that_break_per_sample_gradients_are_refused(option, m
 
 
 def test_a_method_given_as_module_and_object_is_loaded_and_registered():
-    method = load_object("examples.torch_func_plugin:method")
+    method = load_object("examples/torch_func_plugin.py:method")
     assert registered()["my-vmap"] is method
     model, x, y = linear_problem()
     torch.testing.assert_close(method(model, x, y)["weight"], get("loop")(model, x, y)["weight"])
 
 
-def test_the_conformance_matrix_runs_against_a_plugin_method():
+def test_the_conformance_matrix_runs_against_a_plugin_method(tmp_path):
     command = [sys.executable, "-m", "pytest", "conformance/test_matrix.py", "conformance/test_invariants.py", "-q",
-               "--method", "examples.torch_func_plugin:method", "--workload", "mlp", "--workload", "lm_tied",
-               "--results", str(ROOT / ".pytest-plugin-results.json"), "-p", "no:randomly"]
+               "--method", "examples/torch_func_plugin.py:method", "--workload", "mlp", "--workload", "lm_tied",
+               "--results", str(tmp_path / "results.json")]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    (ROOT / ".pytest-plugin-results.json").unlink(missing_ok=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "my-vmap" in done.stdout and " passed" in done.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .contract import LossFn, Inputs, as_tuple
+from .contract import LossFn, Inputs, as_tuple, batch_size_of
 from .methods.registry import Method, get
 from .selection import choose_method
 
@@ -15,7 +15,7 @@ def resolve_method(method: str | Method, model: nn.Module, inputs: Inputs) -> Me
         param = next((p for p in model.parameters() if p.requires_grad), None)
         if param is None:
             raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
-        return choose_method(model, param.device, param.dtype)
+        return choose_method(model, param.device, param.dtype, batch_size=batch_size_of(inputs))
     return get(method)
 
 

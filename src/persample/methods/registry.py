@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -99,19 +101,26 @@ class Method(ABC):
     def problem(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> Unsupported | None:
         """Why this method cannot run `model` on `device` in `dtype` (not raised), or None."""
         name = self.name
+        try:  # first: a model that couples samples is refused by every method, whatever else
+            refuse_unsound_layers(model, method=name)
+        except Unsupported as refused:
+            return refused
         reason = self.unavailable_reason()
         if reason:
             return Unsupported(reason, method=name)
         if device.type not in self.capabilities.devices:
             return Unsupported(f"does not run on {device.type}", method=name)
         if dtype not in self.capabilities.dtypes:
-            return Unsupported(f"does not offer {str(dtype).removeprefix('torch.')}", method=name)
+            return Unsupported(self.unsupported_dtype(dtype), method=name)
         try:
             check_dtype_on_device(dtype, device)
-            refuse_unsound_layers(model, method=name)
         except Unsupported as refused:
             return refused
         return self.find_unsupported(model)
+
+    def unsupported_dtype(self, dtype: torch.dtype) -> str:
+        """Why this method does not offer `dtype` (override to say more)."""
+        return f"does not offer {str(dtype).removeprefix('torch.')}"
 
     def check(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
         """Raise `Unsupported` (naming the methods that can) unless this method can run `model`."""
@@ -160,17 +169,31 @@ def register(method: Method | type[Method]) -> Method | type[Method]:
 
 
 def load_object(spec: str) -> Method:
-    """Load and register a method given as 'module:object' (a Method instance, class or factory)."""
-    module_name, _, attr = spec.partition(":")
-    if not attr:
-        raise ValueError(f"method spec {spec!r} must look like 'package.module:object'")
-    obj = importlib.import_module(module_name)
+    """Load and register a method given as 'module:object' or 'path/to/file.py:object' (a Method
+    instance, class or factory)."""
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        raise ValueError(f"method spec {spec!r} must look like 'package.module:object' or 'path/to/file.py:object'")
+    obj = _import_file(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
     if isinstance(obj, type) or (callable(obj) and not isinstance(obj, Method)):
         obj = obj()
     register(obj)
     return obj
+
+
+def _import_file(path: str) -> object:
+    """Import a method's module from a file (no package needed, nothing added to sys.path)."""
+    file = os.path.abspath(path)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"method file {path!r} not found (relative paths start at {os.getcwd()})")
+    name = "persample_plugin_" + os.path.splitext(os.path.basename(file))[0]
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_plugins() -> None:

@@ -1,0 +1,95 @@
+"""`persample collect`: every machine's asv results and pytest-benchmark JSON as one tidy table,
+`reports/results.csv`, one row per (machine, gpu, workload, size, batch, dtype, method, variant).
+
+Of several observations of a row the latest run wins (asv over pytest-benchmark on a tie). The
+baseline is not a row of its own: its time and memory fill `baseline_s` and
+`baseline_memory_bytes` of every method of the same machine, workload, batch and dtype. The floor
+is computed from the workload's model here and the machine's stored calibration.
+"""
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+
+from .asv_results import read_asv_results
+from .calibration import Calibration, load_latest
+from .floor import floor_for
+from .observations import Observation
+from .pytest_results import read_pytest_benchmark
+
+COLUMNS = [
+    "machine", "device", "gpu", "workload", "size", "batch_size", "dtype", "method", "variant", "status",
+    "reason", "median_s", "spread_s", "peak_memory_bytes", "baseline_s", "baseline_memory_bytes", "floor_s",
+    "floor_bytes", "floor_flops", "source", "commit", "date",
+]
+
+
+def latest(observations: Iterable[Observation]) -> dict[tuple, Observation]:
+    chosen: dict[tuple, Observation] = {}
+    for observation in sorted(observations, key=lambda o: (o.date, o.source == "asv")):
+        chosen[observation.key] = observation
+    return chosen
+
+
+def floor_columns(observation: Observation, calibration: Calibration | None) -> dict:
+    try:
+        floor = floor_for(observation.case)
+    except ValueError:  # a workload this version of persample no longer has
+        return {}
+    seconds = calibration and floor.seconds(calibration.bandwidth, calibration.throughput(observation.case.mode))
+    return {"floor_s": seconds, "floor_bytes": floor.bytes, "floor_flops": floor.flops}
+
+
+def row(observation: Observation, baseline: Observation | None, calibration: Calibration | None) -> dict:
+    machine, case = observation.machine, observation.case
+    return {
+        "machine": machine.name, "device": machine.device, "gpu": machine.gpu, "workload": case.workload,
+        "size": case.size, "batch_size": case.batch_size, "dtype": case.mode, "method": case.method,
+        "variant": case.variant, "status": observation.status, "reason": observation.reason,
+        "median_s": observation.median_s, "spread_s": observation.spread_s,
+        "peak_memory_bytes": observation.peak_memory_bytes,
+        "baseline_s": baseline.median_s if baseline else None,
+        "baseline_memory_bytes": baseline.peak_memory_bytes if baseline else None,
+        **floor_columns(observation, calibration),
+        "source": observation.source, "commit": observation.commit, "date": observation.date,
+    }
+
+
+def rows(observations: Iterable[Observation], calibrations: dict[str, Calibration]) -> list[dict]:
+    chosen = latest(observations)
+    table = []
+    for key in sorted(chosen, key=str):
+        observation = chosen[key]
+        if observation.case.is_baseline:
+            continue
+        baseline_case = observation.case.baseline()
+        baseline = chosen.get((*key[:2], baseline_case.workload, baseline_case.size, baseline_case.batch_size,
+                               baseline_case.mode, baseline_case.method, baseline_case.variant))
+        table.append(row(observation, baseline, calibrations.get(observation.machine.name)))
+    return table
+
+
+def write_csv(table: list[dict], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for entry in table:
+            writer.writerow({k: "" if entry.get(k) is None else entry[k] for k in COLUMNS})
+
+
+def collect(asv_results: Path, pytest_jsons: Iterable[Path], out: Path) -> list[dict]:
+    """Read everything, write `out` (CSV), return its rows."""
+    observations = read_asv_results(asv_results) if Path(asv_results).is_dir() else []
+    calibrations = {}
+    for path in pytest_jsons:
+        found, stored = read_pytest_benchmark(path)
+        observations += found
+        if stored is not None:
+            calibrations[stored.machine] = stored
+    for name in {o.machine.name for o in observations}:
+        calibrations[name] = load_latest(asv_results, name) or calibrations.get(name)
+    table = rows(observations, calibrations)
+    write_csv(table, Path(out))
+    return table

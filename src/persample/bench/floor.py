@@ -1,0 +1,111 @@
+"""The floor of a case: bytes that must move and FLOPs that must run, and the time they take at
+this machine's measured bandwidth and matrix throughput (`floor_s = max(bytes/BW, flops/peak)`).
+
+Bytes: the batch read once, the parameters read once, the per-sample gradients written once.
+FLOPs: forward + gradient to each layer's input (where a trainable layer lies upstream) +
+per-sample parameter gradients, counted per layer (`flop_rules`) on a batch of one and scaled by B.
+Matrix products outside those layers (attention's q·kᵀ and softmax·v) are counted with torch's
+`FlopCounterMode` and cost twice more in the backward when gradients flow through them.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..contract import as_tuple, trainable_parameters
+from ..workloads import Problem, get_workload
+from .flop_rules import rule_for
+from .grid import Case
+from .modes import get_mode
+
+
+@dataclass(frozen=True)
+class Floor:
+    bytes: int
+    flops: float
+    uncounted: tuple[str, ...] = ()  # layer types with trainable parameters but no FLOP rule
+
+    def seconds(self, bandwidth: float | None, throughput: float | None) -> float | None:
+        """The roofline floor in seconds, given bytes/s and FLOP/s (None if either is unknown)."""
+        if not bandwidth or not throughput:
+            return None
+        return max(self.bytes / bandwidth, self.flops / throughput)
+
+
+def _owns_trainable(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters(recurse=False))
+
+
+def count_flops(model: nn.Module, inputs) -> tuple[float, tuple[str, ...]]:
+    """FLOPs of the per-sample-gradient computation on `inputs` (as given, usually one sample)."""
+    # Imported here: it imports Triton, which must not load before a test session's conftest has
+    # chosen Triton's interpreter (TRITON_INTERPRET is read when Triton's own kernels are defined).
+    from torch.utils.flop_counter import FlopCounterMode
+
+    state = {"depth": 0, "last": 0, "total": 0.0, "upstream": False}
+    uncounted: set[str] = set()
+    counter = FlopCounterMode(display=False)
+
+    def close_functional() -> None:
+        functional = counter.get_total_flops() - state["last"]
+        state["total"] += functional * (3 if state["upstream"] else 1)
+        state["last"] = counter.get_total_flops()
+
+    def before(module, args) -> None:
+        if state["depth"] == 0:
+            close_functional()
+        state["depth"] += 1
+
+    def after(module, args, output) -> None:
+        state["depth"] -= 1
+        if state["depth"] == 0:
+            flops = rule_for(module)(module, args[0], output[0] if isinstance(output, tuple) else output)
+            trainable = _owns_trainable(module)
+            state["total"] += flops.forward + flops.input_grad * state["upstream"] + flops.param_grad * trainable
+            state["upstream"] |= trainable
+            state["last"] = counter.get_total_flops()
+
+    def unruled(module, args) -> None:
+        uncounted.add(type(module).__name__)
+        state["upstream"] = True
+
+    handles = []
+    for module in model.modules():
+        if rule_for(module) is not None:
+            handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+        elif _owns_trainable(module):
+            handles.append(module.register_forward_pre_hook(unruled))
+    try:
+        with counter, torch.no_grad():
+            model(*as_tuple(inputs))
+            close_functional()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return state["total"], tuple(sorted(uncounted))
+
+
+def _bytes_per_row(tensors, itemsize: int) -> int:
+    return sum(t[:1].numel() * (itemsize if t.is_floating_point() else t.element_size()) for t in tensors)
+
+
+@functools.lru_cache(maxsize=None)
+def _per_sample(workload: str, size: str) -> tuple[float, tuple[str, ...], int, int, Problem]:
+    """FLOPs, uncounted layers, trainable and all parameter counts, and the problem, for one sample."""
+    problem = get_workload(workload).build(size=size, batch_size=1)
+    flops, uncounted = count_flops(problem.model, problem.inputs)
+    trainable = sum(p.numel() for p in trainable_parameters(problem.model).values())
+    every = sum(p.numel() for p in problem.model.parameters())
+    return flops, uncounted, trainable, every, problem
+
+
+def floor_for(case: Case) -> Floor:
+    """The floor of `case` (its method and variant do not change what must be done)."""
+    flops, uncounted, trainable, every, problem = _per_sample(case.workload, case.size)
+    itemsize = get_mode(case.mode).itemsize
+    batch_bytes = _bytes_per_row((*as_tuple(problem.inputs), problem.targets), itemsize) * case.batch_size
+    moved = batch_bytes + every * itemsize + case.batch_size * trainable * itemsize
+    return Floor(int(moved), flops * case.batch_size, uncounted)

@@ -1,0 +1,68 @@
+"""Compute modes the benchmarks run in: a dtype, plus TF32 matrix units for "tf32" (CUDA only).
+
+The names are the conformance suite's and the report's ("float32", "tf32", "bfloat16", "float16"),
+so a benchmark row and a conformance record of the same mode line up.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    dtype: torch.dtype
+    tf32: bool = False
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    def unsupported_reason(self, device: torch.device) -> str | None:
+        """Why `device` cannot run this mode, or None."""
+        if self.tf32 and device.type != "cuda":
+            return "TF32 is an NVIDIA tensor-core mode; it needs a CUDA device"
+        if self.tf32 and torch.cuda.get_device_capability(device)[0] < 8:
+            return f"{torch.cuda.get_device_name(device)} has no TF32 tensor cores (needs compute capability 8.0+)"
+        if device.type == "cuda" and self.dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            return f"{torch.cuda.get_device_name(device)} has no bfloat16 support"
+        return None
+
+    def enable(self) -> tuple[bool, bool]:
+        """TF32 on for "tf32", off otherwise (cuBLAS matmuls, cuDNN convolutions); returns the old flags."""
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.tf32
+        return saved
+
+    @staticmethod
+    def restore(flags: tuple[bool, bool]) -> None:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        flags = self.enable()
+        try:
+            yield
+        finally:
+            self.restore(flags)
+
+
+MODES = {
+    mode.name: mode
+    for mode in (
+        Mode("float32", torch.float32),
+        Mode("tf32", torch.float32, tf32=True),
+        Mode("bfloat16", torch.bfloat16),
+        Mode("float16", torch.float16),
+    )
+}
+
+
+def get_mode(name: str) -> Mode:
+    if name not in MODES:
+        raise ValueError(f"unknown mode {name!r}; known: {', '.join(MODES)}")
+    return MODES[name]

@@ -1,0 +1,98 @@
+"""The simple layers in JAX: Embedding, activation modules, Softmax, Flatten, Dropout, Identity.
+
+An activation module is its function with the module's settings bound. Embedding rows selected by
+`padding_idx` get no gradient, as in torch; dropout is translated only where it is the identity.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import Unsupported
+from . import elementwise, reductions, tensors
+from .vocabulary import translates, translates_layer
+
+
+@translates(F.embedding)
+def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, sparse=False):
+    if max_norm is not None or scale_grad_by_freq:
+        raise Unsupported(
+            "embedding with max_norm (renormalises the weight in place) or scale_grad_by_freq "
+            "(couples the samples) has no per-sample translation; pass max_norm=None and "
+            "scale_grad_by_freq=False", method="jax", layer="embedding")
+    rows = weight[input]
+    if padding_idx is None:
+        return rows
+    padding = input == padding_idx % weight.shape[0]
+    return jnp.where(padding[..., None], jax.lax.stop_gradient(rows), rows)
+
+
+def apply_embedding(weights, input, *, padding_idx):
+    return embedding(input, weights["weight"], padding_idx)
+
+
+@translates_layer(nn.Embedding)
+def embedding_layer(module: nn.Embedding):
+    if module.max_norm is not None or module.scale_grad_by_freq:
+        embedding(None, None, max_norm=module.max_norm, scale_grad_by_freq=module.scale_grad_by_freq)
+    return partial(apply_embedding, padding_idx=module.padding_idx)
+
+
+@translates(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout)
+def dropout(x, p=0.5, training=True, inplace=False):
+    if training and p > 0:
+        raise Unsupported(
+            f"dropout with p={p} in training mode draws random masks that cannot match torch's; "
+            "put the model in eval mode (model.eval()) or use p=0", method="jax", layer="Dropout")
+    return x
+
+
+def apply_function(weights, x, *, function, options):
+    return function(x, **dict(options))
+
+
+ACTIVATIONS = {
+    nn.ReLU: (elementwise.relu, ()),
+    nn.GELU: (elementwise.gelu, ("approximate",)),
+    nn.Tanh: (elementwise.tanh, ()),
+    nn.SiLU: (elementwise.silu, ()),
+    nn.Sigmoid: (elementwise.sigmoid, ()),
+    nn.Softmax: (reductions.softmax, ("dim",)),
+    nn.LogSoftmax: (reductions.log_softmax, ("dim",)),
+    nn.LeakyReLU: (elementwise.leaky_relu, ("negative_slope",)),
+    nn.ELU: (elementwise.elu, ("alpha",)),
+    nn.Softplus: (elementwise.softplus, ("beta", "threshold")),
+    nn.Flatten: (tensors.flatten, ("start_dim", "end_dim")),
+    nn.Unflatten: (tensors.unflatten, ("dim", "unflattened_size")),
+}
+
+
+def hashable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+@translates_layer(*ACTIVATIONS)
+def function_layer(module: nn.Module):
+    function, names = next(entry for kind, entry in ACTIVATIONS.items() if isinstance(module, kind))
+    sizes = {"unflattened_size": "sizes"}
+    options = tuple((sizes.get(name, name), hashable(getattr(module, name))) for name in names)
+    return partial(apply_function, function=function, options=options)
+
+
+def apply_identity(weights, x, *args, **kwargs):
+    return x
+
+
+@translates_layer(nn.Identity)
+def identity_layer(module: nn.Identity):
+    return partial(apply_identity)
+
+
+@translates_layer(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+def dropout_layer(module: nn.modules.dropout._DropoutNd):
+    dropout(None, module.p, module.training)  # refuses while translating, not at compile time
+    return partial(apply_identity)

@@ -1,0 +1,106 @@
+"""Linear. Indices: n batch, t tokens (all dims between batch and features), i in, o out.
+
+gW[n,o,i] = Σ_t g[n,t,o] x[n,t,i]   (one GEMM per sample whose reduction axis is the tokens)
+gb[n,o]   = Σ_t g[n,t,o]            (fused: summed from the g tiles the GEMM already loads)
+
+Grid n × o-blocks × i-blocks (flat, sample-major): each program owns a BLOCK_O × BLOCK_I tile of
+one sample's gW, accumulates it in float32 over token blocks with `tl.dot` (tensor cores for half
+inputs), and writes it once in the parameter dtype. The first i-block also writes the bias rows.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import nn
+
+from .registry import register_kernel
+from .tuning import autotuned, check_device, config, dot_precision, mma, preallocated
+
+GPU_CONFIGS = [
+    config(BLOCK_O=128, BLOCK_I=128, BLOCK_T=32, num_warps=8, num_stages=3),
+    config(BLOCK_O=64, BLOCK_I=128, BLOCK_T=32, num_warps=4, num_stages=3),
+    config(BLOCK_O=64, BLOCK_I=64, BLOCK_T=64, num_warps=4, num_stages=3),
+    config(BLOCK_O=32, BLOCK_I=128, BLOCK_T=16, num_warps=4, num_stages=2),
+]
+
+
+@autotuned(GPU_CONFIGS, config(BLOCK_O=16, BLOCK_I=16, BLOCK_T=16), key=["T", "I", "O"])
+@triton.jit
+def _linear_grads_kernel(
+    x_ptr, g_ptr, gw_ptr, gb_ptr,
+    T, I, O,
+    stride_xn, stride_xt, stride_xi,
+    stride_gn, stride_gt, stride_go,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    blocks_i = tl.cdiv(I, BLOCK_I) if HAS_WEIGHT else 1
+    blocks = tl.cdiv(O, BLOCK_O) * blocks_i
+    n, block = (tl.program_id(0) // blocks).to(tl.int64), tl.program_id(0) % blocks
+    block_o, block_i = block // blocks_i, block % blocks_i
+    o = block_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    i = block_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    x_rows = x_ptr + n * stride_xn + i[None, :] * stride_xi
+    g_cols = g_ptr + n * stride_gn + o[:, None] * stride_go
+    weight = tl.zeros((BLOCK_O, BLOCK_I), dtype=tl.float32)
+    bias = tl.zeros((BLOCK_O,), dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        g = tl.load(g_cols + t[None, :] * stride_gt, mask=(o[:, None] < O) & (t[None, :] < T), other=0.0)
+        if HAS_WEIGHT:
+            x = tl.load(x_rows + t[:, None] * stride_xt, mask=(t[:, None] < T) & (i[None, :] < I), other=0.0)
+            weight = mma(g, x, weight, PRECISION)
+        if HAS_BIAS:
+            bias += tl.sum(g.to(tl.float32), axis=1)
+    if HAS_WEIGHT:
+        out = gw_ptr + n * O * I + o[:, None] * I + i[None, :]
+        tl.store(out, weight.to(gw_ptr.dtype.element_ty), mask=(o[:, None] < O) & (i[None, :] < I))
+    if HAS_BIAS:
+        if block_i == 0:
+            tl.store(gb_ptr + n * O + o, bias.to(gb_ptr.dtype.element_ty), mask=o < O)
+
+
+def linear_grads(
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    *,
+    weight: bool = True,
+    bias: bool = True,
+    dtype: torch.dtype | None = None,
+    out: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-sample gW (n, o, i) and gb (n, o) from x (n, *, i) and grad_out (n, *, o).
+
+    `dtype` is the output dtype (default x's); `out` may hold preallocated "weight"/"bias" tensors.
+    """
+    check_device(x, grad_out)
+    x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+    g3 = grad_out.reshape(grad_out.shape[0], -1, grad_out.shape[-1])
+    (n, t, i), o = x3.shape, g3.shape[-1]
+    dtype = dtype or x.dtype
+    grads = {}
+    if weight:
+        grads["weight"] = preallocated(out, "weight", (n, o, i), x, dtype)
+    if bias:
+        grads["bias"] = preallocated(out, "bias", (n, o), x, dtype)
+    if not grads or n == 0:
+        return grads
+
+    def grid(meta):
+        blocks_i = triton.cdiv(i, meta["BLOCK_I"]) if weight else 1
+        return (n * triton.cdiv(o, meta["BLOCK_O"]) * blocks_i,)
+
+    _linear_grads_kernel[grid](
+        x3, g3, grads.get("weight", g3), grads.get("bias", g3),
+        t, i, o, *x3.stride(), *g3.stride(),
+        HAS_WEIGHT=weight, HAS_BIAS=bias, PRECISION=dot_precision("matmul", x.dtype),
+    )
+    return grads
+
+
+@register_kernel(nn.Linear)
+def linear_grad_sample(module: nn.Linear, x: torch.Tensor, grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The Linear rule's `grad_sample`, on Triton; frozen parameters are not computed."""
+    has_bias = module.bias is not None and module.bias.requires_grad
+    return linear_grads(x, grad_out, weight=module.weight.requires_grad, bias=has_bias, dtype=module.weight.dtype)

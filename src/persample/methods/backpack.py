@@ -1,0 +1,107 @@
+"""`backpack`: BackPACK's BatchGrad extension, which fills `param.grad_batch` during backward.
+
+BackPACK's hooks store each layer's input and output in the forward pass; inside
+`with backpack(BatchGrad())` its backward hooks apply each layer's transposed parameter Jacobian to
+the output gradient without summing over the batch, which is exactly the per-sample gradient.
+
+    >>> import torch, persample, persample.methods.backpack
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> grads = persample.per_sample_grads(model, torch.randn(5, 4), torch.randint(3, (5,)), method="backpack")
+    >>> grads["2.bias"].shape
+    torch.Size([5, 3])
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+from torch import nn
+
+from ..contract import trainable_owners
+from ..errors import Unsupported
+from .peer_support import Forward, PeerMethod
+from .registry import Capabilities, register
+
+# The keys of BatchGrad's module map (backpack/extensions/firstorder/batch_grad/__init__.py,
+# backpack-for-pytorch 1.7.1); BackPACK looks a module up by its exact class.
+BATCH_GRAD_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+    nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.RNN, nn.LSTM, nn.Embedding,
+)
+
+NOTES = (
+    "Backpropagates the summed per-sample losses, on which BatchGrad returns the unscaled per-sample "
+    "gradients, so no conversion is needed (on a mean-reduced loss it returns gᵢ/B). BackPACK looks "
+    "layers up by exact class and has per-layer restrictions (Embedding without padding_idx; "
+    "RNN/LSTM single-layer, batch_first, unidirectional), refused up front. Only leaf modules are "
+    "extended: extend() would also hook custom containers, on which BatchGrad warns every backward."
+)
+
+
+@register
+class BackpackMethod(PeerMethod):
+    """No conversion: BatchGrad of the summed losses is unscaled (of a mean-reduced loss it is gᵢ/B),
+    so the step backpropagates `losses.sum()`."""
+
+    capabilities = Capabilities(
+        name="backpack",
+        summary="BackPACK: BatchGrad extension fills param.grad_batch in backward",
+        layers=BATCH_GRAD_LAYERS,
+        requires=(("backpack", "backpack-for-pytorch"),),
+        peer=True,
+        notes=NOTES,
+    )
+    savefield = "grad_batch"
+
+    def find_unsupported(self, model: nn.Module) -> Unsupported | None:
+        for qualname, module in trainable_owners(model):
+            kind = type(module).__name__
+            if type(module) not in BATCH_GRAD_LAYERS:
+                return Unsupported(
+                    f"layer {qualname or '<root>'} ({kind}) has no BatchGrad extension; BackPACK keys on "
+                    f"the exact class ({self.capabilities.layer_vocabulary()})",
+                    method=self.name, layer=kind,
+                )
+            refusal = backpack_refusal(module)
+            if refusal:
+                return Unsupported(
+                    f"layer {qualname or '<root>'} ({kind}) is refused by BackPACK: {refusal}",
+                    method=self.name, layer=kind,
+                )
+        return None
+
+    def wrap(self, clone: nn.Module) -> Forward:
+        from backpack import extend
+
+        for module in clone.modules():
+            if next(module.children(), None) is None:  # a leaf: BatchGrad needs only these hooked
+                extend(module)
+        return clone
+
+    def backward_context(self) -> AbstractContextManager:
+        from backpack import backpack
+        from backpack.extensions import BatchGrad
+
+        return backpack(BatchGrad())
+
+
+def backpack_refusal(module: nn.Module) -> str | None:
+    """BackPACK's own parameter check for this layer (its derivatives' `_check_parameters`), or None."""
+    from backpack.core.derivatives.batchnorm_nd import BatchNormNdDerivatives
+    from backpack.core.derivatives.embedding import EmbeddingDerivatives
+    from backpack.core.derivatives.lstm import LSTMDerivatives
+    from backpack.core.derivatives.rnn import RNNDerivatives
+
+    checks = {
+        nn.Embedding: EmbeddingDerivatives, nn.LSTM: LSTMDerivatives, nn.RNN: RNNDerivatives,
+        nn.BatchNorm1d: BatchNormNdDerivatives, nn.BatchNorm2d: BatchNormNdDerivatives,
+        nn.BatchNorm3d: BatchNormNdDerivatives,
+    }
+    derivatives = checks.get(type(module))
+    if derivatives is None:
+        return None
+    try:
+        derivatives()._check_parameters(module)
+    except NotImplementedError as refused:
+        return str(refused)
+    return None

@@ -1,0 +1,92 @@
+"""`kernel`: the hooks method with each layer's formula run as one fused Triton kernel.
+
+A kernel reads the captured input and output gradient once, accumulates in float32 and writes the
+(B, *param.shape) per-sample gradient once; layers without a kernel use the shared rules, and
+`placement(model)` (also the prepared step's `.placement`) says which layers ran where.
+
+    >>> import os; os.environ.setdefault("TRITON_INTERPRET", "1")  # no GPU: Triton's CPU interpreter
+    '1'
+    >>> import torch, persample
+    >>> from persample.methods.kernel import KernelMethod
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> KernelMethod().placement(model)
+    {'0': 'triton', '2': 'triton'}
+    >>> grads = persample.per_sample_grads(model, torch.randn(16, 4), torch.randint(3, (16,)), method="kernel")
+    >>> grads["0.weight"].shape
+    torch.Size([16, 8, 4])
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..contract import Batch, LossFn, trainable_owners
+from ..errors import Unsupported
+from ..rules import rule_types
+from .hooks import HooksLikeMethod
+from .registry import Capabilities, Step, register
+from .rule_based import RuleLookup
+
+CPU_HINT = "set TRITON_INTERPRET=1 to run the Triton kernels on the CPU (slowly)"
+KERNEL_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16})
+
+
+def interpreting() -> bool:
+    """Whether the kernels run in Triton's interpreter (decided when `persample.kernels` loads)."""
+    from .. import kernels
+
+    return kernels.INTERPRETED
+
+
+@register
+class KernelMethod(HooksLikeMethod):
+    capabilities = Capabilities(
+        name="kernel",
+        summary="hooks with Triton kernels per layer: one fused read-once, write-once pass each",
+        devices=frozenset({"cuda", "cpu"}),
+        dtypes=KERNEL_DTYPES,
+        layers=rule_types(),
+        requires=(("triton", "triton"),),
+        notes="cpu only under TRITON_INTERPRET=1 (Triton's interpreter, slow); float64 unsupported "
+        "(the kernels accumulate in float32); layers without a kernel run on the shared rules, "
+        "reported by placement()",
+    )
+
+    def unavailable_reason(self) -> str | None:
+        reason = super().unavailable_reason()
+        if reason is None and not torch.cuda.is_available() and not interpreting():
+            return f"no CUDA device; {CPU_HINT}"
+        return reason
+
+    def problem(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> Unsupported | None:
+        found = super().problem(model, device, dtype)
+        if found is not None or super().unavailable_reason() is not None:
+            return found
+        if device.type == "cpu" and not interpreting():
+            return Unsupported(f"the compiled Triton kernels need a CUDA device; {CPU_HINT}", method=self.name)
+        return None
+
+    def unsupported_dtype(self, dtype: torch.dtype) -> str:
+        if dtype == torch.float64:
+            return "the kernels accumulate in float32, so float64 would silently lose precision"
+        return super().unsupported_dtype(dtype)
+
+    def rule_lookup(self) -> RuleLookup:
+        from ..kernels import kernel_rule_for
+
+        return kernel_rule_for
+
+    def placement(self, model: nn.Module) -> dict[str, str]:
+        """{qualname: "triton" | "rules"} for every module owning a trainable parameter."""
+        return {name: where for name, (where, _) in self.placement_reasons(model).items()}
+
+    def placement_reasons(self, model: nn.Module) -> dict[str, tuple[str, str | None]]:
+        """{qualname: (where, why it is not on Triton, or None)}."""
+        from ..kernels import placement_of
+
+        return {qualname: placement_of(module) for qualname, module in trainable_owners(model)}
+
+    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch) -> Step:
+        step = super()._prepare(model, loss_fn, example_batch)
+        step.placement = self.placement(model)
+        return step

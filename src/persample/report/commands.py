@@ -1,0 +1,35 @@
+"""`persample report`: build the method-selection page (and refresh auto's packaged summary)."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .summary import PACKAGED
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `persample report [--reports-dir reports] [--out reports/index.html]`."""
+    parser = subparsers.add_parser(
+        "report", help="build reports/index.html: which method is correct and fastest where",
+        description="Build the offline method-selection page from reports/conformance/*.json and "
+        "reports/results.csv; missing inputs are named on the page.",
+    )
+    parser.add_argument("--reports-dir", type=Path, default=Path("reports"), help="where the results are (default: reports)")
+    parser.add_argument("--out", type=Path, default=None, help="the page to write (default: <reports-dir>/index.html)")
+    parser.add_argument(
+        "--no-package-summary", action="store_true",
+        help=f"do not merge the recommendations into {PACKAGED.name} shipped with the package "
+        "(the data method='auto' uses when no results are at hand)",
+    )
+    parser.set_defaults(run=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .build import build_report
+
+    out = args.out or args.reports_dir / "index.html"
+    package_summary = None if args.no_package_summary or not os.access(PACKAGED.parent, os.W_OK) else PACKAGED
+    page = build_report(args.reports_dir, out, package_summary=package_summary)
+    print(f"wrote {page}" + (f"; updated {package_summary}" if package_summary else ""))
+    return 0

@@ -1,0 +1,172 @@
+"""Plotly figures of the benchmarks: time and peak memory against batch size, one panel per
+workload, one line per method (log axes; hover gives the exact numbers and the conformance verdict).
+"""
+from __future__ import annotations
+
+import copy
+import html
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from .data import BenchRow
+from .format import bytes_text, seconds_text
+from .verdicts import Verdict
+
+COLUMNS = 3
+FAILED_COLOR = "#d62728"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What a batch figure plots: the method's value, the non-private baseline and the floor."""
+
+    title: str
+    value: Callable[[BenchRow], float | None]
+    baseline: Callable[[BenchRow], float | None]
+    floor: Callable[[BenchRow], float | None]
+    text: Callable[[float], str]
+
+
+TIME = Metric("time per step (s)", lambda r: r.median_s, lambda r: r.baseline_s, lambda r: r.floor_s, seconds_text)
+MEBIBYTE = 2**20
+
+
+def _mebibytes(size: int | None) -> float | None:
+    return None if size is None else size / MEBIBYTE
+
+
+MEMORY = Metric(
+    "peak memory (MiB)", lambda r: _mebibytes(r.peak_memory_bytes), lambda r: _mebibytes(r.baseline_memory_bytes),
+    lambda r: _mebibytes(r.floor_bytes), lambda mib: f"{bytes_text(mib * MEBIBYTE)} ({round(mib * MEBIBYTE):,} bytes)",
+)
+
+
+def method_colors(methods: list[str]) -> dict[str, str]:
+    """One stable colour per method, shared by every figure."""
+    palette = [color for color in qualitative.Dark24 if color != "#222A2A"]  # black is for the baseline
+    return {name: palette[i % len(palette)] for i, name in enumerate(methods)}
+
+
+def facet_label(row: BenchRow) -> str:
+    return f"{row.workload} · {row.size}" if row.size else row.workload
+
+
+def batch_figure(
+    rows: list[BenchRow], metric: Metric, verdict: Callable[[BenchRow], Verdict], colors: dict[str, str]
+) -> dict:
+    """One panel per workload of `rows` (one machine, one dtype): `metric` against batch size.
+
+    A plotly figure as a dict: thousands of traces make graph objects (validated one by one) slow.
+    """
+    facets: dict[str, list[BenchRow]] = defaultdict(list)
+    for row in rows:
+        facets[facet_label(row)].append(row)
+    names = list(facets)
+    layout = copy.deepcopy(_grid(len(names), metric.title))
+    for annotation, name in zip(layout["annotations"], names):
+        annotation["text"] = html.escape(name)
+    data, shown = [], set()
+    for i, name in enumerate(names):
+        axes = {"xaxis": f"x{i + 1 if i else ''}", "yaxis": f"y{i + 1 if i else ''}"}
+        for trace in _facet_traces(facets[name], metric, verdict, colors):
+            trace.update(axes, showlegend=trace["legendgroup"] not in shown)
+            shown.add(trace["legendgroup"])
+            data.append(trace)
+    return {"data": data, "layout": layout}
+
+
+@lru_cache(maxsize=None)
+def _grid(panels: int, title: str) -> dict:
+    """The layout of a grid of log-log panels (from `make_subplots`), cached per panel count."""
+    grid_rows, columns = max(1, math.ceil(panels / COLUMNS)), min(COLUMNS, max(1, panels))
+    figure = make_subplots(
+        rows=grid_rows, cols=columns, subplot_titles=[" "] * panels,
+        horizontal_spacing=0.07, vertical_spacing=0.5 / grid_rows,
+    )
+    figure.update_xaxes(type="log", title_text="batch size", title_standoff=2)
+    figure.update_yaxes(type="log", title_text=title, title_standoff=2)
+    figure.update_layout(
+        height=300 * grid_rows + 60, margin={"l": 60, "r": 20, "t": 40, "b": 40},
+        hoverlabel={"align": "left"}, legend={"groupclick": "togglegroup"}, template="plotly_white",
+    )
+    layout = figure.layout.to_plotly_json()
+    for empty in range(panels + 1, grid_rows * columns + 1):
+        for axis in ("xaxis", "yaxis"):
+            layout[f"{axis}{empty}"]["visible"] = False
+    return layout
+
+
+def _facet_traces(rows, metric: Metric, verdict, colors) -> list[dict]:
+    by_label: dict[str, list[BenchRow]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: r.batch_size):
+        by_label[row.label].append(row)
+    traces = []
+    for label, series in by_label.items():
+        points = [r for r in series if r.timed and metric.value(r)]
+        if points:
+            traces.append(_method_trace(label, points, metric, verdict, colors.get(series[0].method, "#444")))
+    traces += _reference_traces(rows, metric)
+    failures = _failure_trace(rows, traces)
+    return traces + ([failures] if failures else [])
+
+
+def _method_trace(label: str, points: list[BenchRow], metric: Metric, verdict, color: str) -> dict:
+    verdicts = [verdict(r) for r in points]
+    conformant = all(v.passed for v in verdicts)
+    details = [
+        f"{metric.text(metric.value(r))}" + (f" ± {seconds_text(r.spread_s)}" if metric is TIME and r.spread_s else "")
+        + f"<br>{_wrap(v.describe())}" for r, v in zip(points, verdicts)
+    ]
+    return {
+        "type": "scatter", "x": [r.batch_size for r in points], "y": [metric.value(r) for r in points],
+        "name": label, "legendgroup": label, "mode": "lines+markers", "text": details,
+        "line": {"color": color, "dash": "solid" if conformant else "dash"},
+        "marker": {"symbol": ("diamond" if points[0].captured else "circle") if conformant else "x", "size": 7},
+        "hovertemplate": f"<b>{html.escape(label)}</b><br>batch %{{x}}: %{{text}}<extra></extra>",
+    }
+
+
+def _reference_traces(rows: list[BenchRow], metric: Metric) -> list[dict]:
+    traces = []
+    for name, pick, dash in (("non-private backward", metric.baseline, "dash"), ("roofline floor", metric.floor, "dot")):
+        by_batch = {r.batch_size: pick(r) for r in rows if pick(r)}
+        if by_batch:
+            batches = sorted(by_batch)
+            traces.append({
+                "type": "scatter", "x": batches, "y": [by_batch[b] for b in batches], "name": name,
+                "legendgroup": name, "mode": "lines", "text": [metric.text(by_batch[b]) for b in batches],
+                "line": {"color": "#000" if dash == "dash" else "#999", "dash": dash},
+                "hovertemplate": f"{name}<br>batch %{{x}}: %{{text}}<extra></extra>",
+            })
+    return traces
+
+
+def _failure_trace(rows: list[BenchRow], traces: list[dict]) -> dict | None:
+    """Red crosses at the top of the panel where a method failed or ran out of memory."""
+    failed: dict[int, list[str]] = defaultdict(list)
+    for row in rows:
+        if row.status == "failed":
+            why = "out of memory" if row.out_of_memory else _wrap(row.reason or "failed")
+            failed[row.batch_size].append(f"{html.escape(row.label)}: {why}")
+    values = [y for trace in traces for y in trace["y"] if y]
+    if not failed or not values:
+        return None
+    batches = sorted(failed)
+    return {
+        "type": "scatter", "x": batches, "y": [max(values)] * len(batches), "name": "failed / out of memory",
+        "legendgroup": "failed", "mode": "markers", "text": ["<br>".join(failed[b]) for b in batches],
+        "marker": {"symbol": "x-thin-open", "size": 12, "color": FAILED_COLOR, "line": {"width": 2, "color": FAILED_COLOR}},
+        "hovertemplate": "batch %{x}<br>%{text}<extra></extra>",
+    }
+
+
+def _wrap(text: str, width: int = 90) -> str:
+    """HTML-escaped text broken into lines for a hover label."""
+    text = html.escape(text)
+    return "<br>".join(text[i:i + width] for i in range(0, len(text), width))

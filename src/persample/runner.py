@@ -1,0 +1,76 @@
+"""`persample conformance` (the pytest matrix on this machine) and `persample run`, the main job:
+conformance, then the quick benchmark, then the tidy table and reports/index.html."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .machine import default_device
+
+
+def conformance_command(repo: Path, pytest_args: list[str]) -> list[str]:
+    """The pytest command line of the conformance suite; parallel on a CPU when xdist is there
+    (one GPU is shared badly by several workers, so a GPU runs it in one process)."""
+    command = [sys.executable, "-m", "pytest", str(repo / "conformance"), "-q"]
+    if default_device().type == "cpu" and importlib.util.find_spec("xdist") is not None:
+        workers = max(1, min(os.cpu_count() or 1, 4))
+        command += ["-n", str(workers), "--dist", "loadgroup"]
+    return command + pytest_args
+
+
+def run_conformance(repo: Path, pytest_args: list[str]) -> int:
+    """Run the conformance matrix; it writes reports/conformance/<machine>.json. Returns pytest's code."""
+    command = conformance_command(repo, pytest_args)
+    print("$", " ".join(command), flush=True)
+    return subprocess.run(command, cwd=repo).returncode
+
+
+def run_main_job(repo: Path, pytest_args: list[str], skip_bench: bool = False) -> int:
+    """Conformance, quick benchmark, collect, report. Every step runs even if an earlier one
+    fails, so the page shows what failed; the exit code is the first failure's."""
+    from .bench import run_quick_benchmark
+    from .bench.collect import collect
+    from .report.build import build_report
+
+    reports = repo / "reports"
+    codes = [run_conformance(repo, pytest_args)]
+    if not skip_bench:
+        try:
+            quick_json = run_quick_benchmark(reports, repo)
+        except subprocess.CalledProcessError as error:
+            print(f"quick benchmark failed (exit {error.returncode}); the report shows what there is")
+            codes.append(error.returncode)
+        else:
+            print(f"quick benchmark: {quick_json}")
+    pytest_jsons = sorted((reports / "pytest-benchmark").glob("*.json"))
+    table = collect(reports / "asv" / "results", pytest_jsons, reports / "results.csv")
+    print(f"{reports / 'results.csv'}: {len(table)} rows")
+    page = build_report(reports, reports / "index.html")
+    print(f"wrote {page}")
+    return next((code for code in codes if code), 0)
+
+
+def _repo() -> Path:
+    """The checkout to run in: the current directory if it holds the suite, else this package's."""
+    for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (candidate / "conformance" / "conftest.py").is_file():
+            return candidate
+    raise SystemExit("run this from the persample repository (conformance/ not found)")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    conformance = subparsers.add_parser(
+        "conformance", help="run the conformance matrix here (extra arguments go to pytest, "
+        "e.g. --method vmap or --method mylib.plugin:method)")
+    conformance.set_defaults(run=lambda args: run_conformance(_repo(), args.pytest_args))
+    conformance.add_argument("pytest_args", nargs=argparse.REMAINDER)
+
+    run = subparsers.add_parser(
+        "run", help="the main job: conformance + quick benchmark on this machine, then reports/index.html")
+    run.add_argument("--no-bench", action="store_true", help="skip the quick benchmark")
+    run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra arguments for the conformance pytest run")
+    run.set_defaults(run=lambda args: run_main_job(_repo(), args.pytest_args, args.no_bench))

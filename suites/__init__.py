@@ -1,0 +1,1 @@
+"""asv benchmark suites of persample; the cases and their logic live in `persample.bench`."""

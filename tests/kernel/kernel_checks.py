@@ -1,0 +1,59 @@
+"""Shared checks of the kernel tests: NaN-poisoned outputs, closeness to the float64 rule and to the
+float64 loop reference, with the assertion helpers' own frames hidden."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from persample.methods.kernel import KernelMethod
+from persample.reference import Tolerance, compare, reference_grads, tolerance_for
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DTYPES = (torch.float32, torch.bfloat16)
+
+# A kernel and the float64 rule see the same inputs: only float32 arithmetic and the final
+# rounding to the output dtype separate them (bfloat16 keeps 8 bits: 2^-8 = 3.9e-3). In float32,
+# a norm group of two close elements divides the rounding of its mean by their small spread: the
+# shared rule run in float32 is itself up to 3e-5 (per sample) from float64 there.
+KERNEL_VS_RULE = {
+    torch.float32: Tolerance(relative=5e-5, per_sample=1e-4),
+    torch.float16: Tolerance(relative=2e-3, per_sample=2e-3),
+    torch.bfloat16: Tolerance(relative=1e-2, per_sample=1e-2),
+}
+
+
+def poisoned(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An output buffer full of NaN: any element a kernel fails to write stays NaN."""
+    return torch.full(shape, float("nan"), dtype=dtype, device=DEVICE)
+
+
+def poisoned_outputs(module: nn.Module, batch: int) -> dict[str, torch.Tensor]:
+    return {name: poisoned((batch, *p.shape), p.dtype) for name, p in module.named_parameters(recurse=False)}
+
+
+def assert_matches_rule(got: dict[str, torch.Tensor], rule: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """The kernel's gradients against the shared rule evaluated in float64 on the same inputs."""
+    __tracebackhide__ = True
+    for name, value in got.items():
+        assert value.dtype == dtype, f"{name}: dtype {value.dtype}, expected {dtype}"
+    tolerance = KERNEL_VS_RULE[dtype]
+    result = compare(got, rule)
+    assert result.within(tolerance), f"kernel vs float64 rule: {result.describe(tolerance)}"
+
+
+def projection_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Σ outputs ⊙ targets per sample, so the output gradient is exactly `targets`."""
+    return (outputs * targets).flatten(1).sum(1)
+
+
+def assert_method_matches_reference(model: nn.Module, inputs, targets, loss_fn=projection_loss) -> dict[str, str]:
+    """Run the kernel method, compare with the float64 loop reference; returns the placement."""
+    __tracebackhide__ = True
+    method = KernelMethod()
+    step = method.prepare(model, loss_fn, (inputs, targets))
+    grads = step(inputs, targets)
+    dtype = next(model.parameters()).dtype
+    tolerance = tolerance_for(dtype)
+    result = compare(grads, reference_grads(model, inputs, targets, loss_fn))
+    assert result.within(tolerance), f"kernel method vs float64 reference ({dtype}): {result.describe(tolerance)}"
+    return step.placement
