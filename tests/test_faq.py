@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import persample
+from persample.methods.registry import get
 
 
 def problem(batch: int = 6):
@@ -62,3 +63,58 @@ def test_autograd_averages_a_minibatch_by_scaling_each_samples_gradient_by_one_o
     x.requires_grad_(False)
     scaled = persample.per_sample_grads(model, x, y, method="loop", loss_fn=lambda o, t: F.cross_entropy(o, t, reduction="none") / len(x))
     torch.testing.assert_close(scaled["0.weight"] * len(x), per_sample["0.weight"])
+
+
+def peak_bytes(run) -> int:
+    """Most bytes torch's CPU allocator held while `run` ran (the benchmarks' memory measure)."""
+    from persample.bench.memory import TorchCpuProbe
+
+    probe = TorchCpuProbe()
+    probe.start()
+    result = run()
+    peak = probe.stop()
+    del result
+    return peak
+
+
+def test_per_sample_gradients_cost_b_times_the_parameters_whatever_the_method():
+    """The output is B copies of the model: B·P·itemsize bytes, against P·itemsize for the ordinary
+    gradient. On an MLP (tiny activations) that is all any method needs, within 10% (loop also
+    holds one sample's gradient, 1/B of the output)."""
+    from persample.workloads import get_workload
+
+    batch = 32
+    problem = get_workload("mlp").build("full", batch, 0, "cpu", torch.float32)
+    params = [p for p in problem.model.parameters() if p.requires_grad]
+    output_bytes = batch * sum(p.numel() for p in params) * 4
+    ordinary = peak_bytes(lambda: torch.autograd.grad(problem.loss_fn(problem.model(problem.inputs), problem.targets).sum(), params))
+    assert ordinary < output_bytes / (batch / 2)  # the batch gradient is ~B times smaller
+    for name in ("loop", "hooks", "expand", "vmap"):
+        step = get(name).prepare(problem.model, problem.loss_fn, (problem.inputs, problem.targets))
+        peak = peak_bytes(lambda: step(problem.inputs, problem.targets))
+        assert output_bytes <= peak <= 1.1 * output_bytes, f"{name}: {peak / output_bytes:.2f}x the output"
+
+
+def test_hooks_on_a_convolution_also_hold_its_unfolded_input():
+    """Goodfellow's trick for a convolution contracts the output gradient with the input unfolded
+    to (C·k², L) per sample (im2col): k² times the layer's input, held next to the output."""
+    from persample.workloads import get_workload
+
+    batch = 16
+    problem = get_workload("cifar_cnn").build("small", batch, 0, "cpu", torch.float32)
+    output_bytes = batch * sum(p.numel() for p in problem.model.parameters() if p.requires_grad) * 4
+    unfolded = []
+
+    def unfolded_bytes(module, args, out):
+        kernel, positions = torch.tensor(module.kernel_size).prod(), torch.tensor(out.shape[2:]).prod()
+        unfolded.append(int(args[0].shape[0] * args[0].shape[1] * kernel * positions) * 4)
+
+    convs = [m for m in problem.model.modules() if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_hook(unfolded_bytes) for m in convs]
+    problem.model(problem.inputs)
+    for handle in handles:
+        handle.remove()
+    step = get("hooks").prepare(problem.model, problem.loss_fn, (problem.inputs, problem.targets))
+    peak = peak_bytes(lambda: step(problem.inputs, problem.targets))
+    assert peak >= output_bytes + max(unfolded)
+    assert max(unfolded) > 4 * output_bytes  # here the unfolded inputs, not the gradients, dominate

@@ -63,8 +63,11 @@ def accumulate(
             if param.requires_grad:
                 key = id(param)
                 by_param[key] = grad if key not in by_param else by_param[key] + grad
+    # A parameter no call reached gets zeros (allocated only then: a `get` default would be
+    # allocated for every parameter, doubling the peak memory).
     return {
-        name: by_param.get(id(p), p.new_zeros(batch, *p.shape)) for name, p in params.items()
+        name: by_param[id(p)] if id(p) in by_param else p.new_zeros(batch, *p.shape)
+        for name, p in params.items()
     }
 
 

@@ -32,13 +32,17 @@ class LoopMethod(Method):
 
         def step(inputs, targets) -> dict[str, torch.Tensor]:
             inputs = as_tuple(inputs)
-            per_sample: list[list[torch.Tensor]] = [[] for _ in names]
-            for i in range(targets.shape[0]):
+            batch = targets.shape[0]
+            # Written row by row into the result: the output is held once (stacking a list would
+            # hold it twice).
+            out = [torch.zeros(batch, *p.shape, dtype=p.dtype, device=p.device) for p in tensors]
+            for i in range(batch):
                 loss = loss_fn(model(*(x[i : i + 1] for x in inputs)), targets[i : i + 1])
                 check_loss_shape(loss, 1)
                 grads = torch.autograd.grad(loss[0], tensors, allow_unused=True)
-                for bucket, grad, param in zip(per_sample, grads, tensors):
-                    bucket.append(torch.zeros_like(param) if grad is None else grad)
-            return {name: torch.stack(bucket) for name, bucket in zip(names, per_sample)}
+                for rows, grad in zip(out, grads):
+                    if grad is not None:  # unused parameters keep their zero row
+                        rows[i] = grad
+            return dict(zip(names, out))
 
         return step
