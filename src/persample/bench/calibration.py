@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..machine import machine_info
-from .modes import get_mode
+from ..modes import get_mode
 from .timing import synchronize
 
 FILENAME = "calibration.jsonl"

@@ -19,7 +19,7 @@ from ..contract import as_tuple, trainable_parameters
 from ..workloads import Problem, get_workload
 from .flop_rules import rule_for
 from .grid import Case
-from .modes import get_mode
+from ..modes import get_mode
 
 
 @dataclass(frozen=True)

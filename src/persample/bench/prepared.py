@@ -11,7 +11,7 @@ from ..methods.registry import Method
 from ..workloads import Problem, get_workload
 from .grid import Case
 from .memory import Meter, meter_for
-from .modes import get_mode
+from ..modes import get_mode
 from .providers import provider_for
 from .timing import synchronize, warm_up
 

@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import Unsupported
 from ..workloads import get_workload
 from .grid import Case
-from .modes import get_mode
+from ..modes import get_mode
 from .providers import provider_for
 
 # Per-sample gradients alone may take this share of the device's memory; beyond it a case would

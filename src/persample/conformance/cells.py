@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..methods.registry import Method
+from ..modes import get_mode
 from ..workloads import Workload
 
 # Modes per device type. "tf32" is float32 with TensorFloat-32 matrix units: an NVIDIA mode.
@@ -28,15 +29,13 @@ class Cell:
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.float32 if self.mode == "tf32" else getattr(torch, self.mode)
+        return get_mode(self.mode).dtype
 
 
 def modes_for(device: str) -> tuple[str, ...]:
-    """The compute modes this device type offers (bfloat16 only where the GPU has it)."""
+    """The compute modes this device type offers (bfloat16 and TF32 only where the GPU has them)."""
     modes = MODES.get(device, MODES["cpu"])
-    if device == "cuda" and not torch.cuda.is_bf16_supported():
-        modes = tuple(m for m in modes if m != "bfloat16")
-    return modes
+    return tuple(m for m in modes if get_mode(m).unsupported_reason(torch.device(device)) is None)
 
 
 def cells(

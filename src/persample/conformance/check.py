@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import asdict
 
 import torch
 
 from ..errors import Unsupported
+from ..modes import get_mode
 from ..reference import compare, reference_grads, tolerance_for
 from ..workloads import Problem, Workload
 from .cells import Cell
@@ -43,17 +43,6 @@ class ReferenceCache:
         return self._references[key]
 
 
-@contextmanager
-def tensor_float32(enabled: bool):
-    """TF32 matrix units on or off for the duration (CUDA matmul and cuDNN convolutions)."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def run_cell(cell: Cell, cache: ReferenceCache, known_deviations: dict[str, str] | None = None) -> Record:
     """The cell's outcome: pass, fail (with the measured error or the exception) or unsupported."""
     caps = cell.method.capabilities
@@ -67,7 +56,7 @@ def run_cell(cell: Cell, cache: ReferenceCache, known_deviations: dict[str, str]
     start = time.perf_counter()
     try:
         problem = cache.problem(cell.workload, cell.dtype, cell.device)
-        with tensor_float32(cell.mode == "tf32"):
+        with get_mode(cell.mode).active():
             step = cell.method.prepare(problem.model, problem.loss_fn, (problem.inputs, problem.targets))
             grads = step(problem.inputs, problem.targets)
     except Unsupported as unsupported:

@@ -60,9 +60,9 @@ class KernelMethod(HooksLikeMethod):
 
     def problem(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> Unsupported | None:
         found = super().problem(model, device, dtype)
-        if found is not None or super().unavailable_reason() is not None:
+        if found is not None:
             return found
-        if device.type == "cpu" and not interpreting():
+        if device.type == "cpu" and not interpreting():  # CUDA is here, but the tensors are not on it
             return Unsupported(f"the compiled Triton kernels need a CUDA device; {CPU_HINT}", method=self.name)
         return None
 

@@ -1,7 +1,7 @@
-"""Compute modes the benchmarks run in: a dtype, plus TF32 matrix units for "tf32" (CUDA only).
+"""Compute modes: a dtype, plus TF32 matrix units for "tf32" (CUDA only).
 
-The names are the conformance suite's and the report's ("float32", "tf32", "bfloat16", "float16"),
-so a benchmark row and a conformance record of the same mode line up.
+One definition for the conformance suite, the benchmarks and the report ("float64", "float32",
+"tf32", "bfloat16", "float16"), so a benchmark row and a conformance record of a mode line up.
 """
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ class Mode:
 MODES = {
     mode.name: mode
     for mode in (
+        Mode("float64", torch.float64),
         Mode("float32", torch.float32),
         Mode("tf32", torch.float32, tf32=True),
         Mode("bfloat16", torch.bfloat16),
