@@ -1,8 +1,10 @@
 """Options and fixtures of the conformance suite; results go to reports/conformance/<machine>.json.
 
-    pytest conformance                                   # every registered method, every cell
+    pytest conformance                                   # every registered method, the CI modes
+    pytest conformance --mode all                        # every mode this device offers
     pytest conformance --method vmap --workload mlp      # a slice
     pytest conformance --method mylib.plugin:method      # your own method, without forking
+    pytest conformance --deviations my_deviations.toml   # your own known deviations, besides ours
 """
 from __future__ import annotations
 
@@ -16,13 +18,13 @@ import torch
 if not torch.cuda.is_available():  # the kernel method's Triton kernels run in the interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from persample.conformance import ReferenceCache, cells, load_known_deviations, write_results  # noqa: E402
+from persample.conformance import ReferenceCache, cells, packaged_expectations, write_results  # noqa: E402
+from persample.conformance.gate import covering  # noqa: E402
+from persample.deviations import load_deviations, packaged_deviations  # noqa: E402
 from persample.machine import default_device, machine_info  # noqa: E402
 from persample.methods.registry import Method, get, load_object, registered  # noqa: E402
 from persample.workloads import all_workloads, get_workload  # noqa: E402
 
-HERE = Path(__file__).parent
-KNOWN_DEVIATIONS = HERE / "known_deviations.toml"
 RECORDS: list[dict] = []
 
 
@@ -32,9 +34,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="method to check (repeatable): a registered name, or module:object to "
                          "register your own; default: every registered method")
     group.addoption("--workload", action="append", default=[], help="workload to check (repeatable)")
-    group.addoption("--mode", action="append", default=[], help="float64|float32|tf32|bfloat16|float16 (repeatable)")
+    group.addoption("--mode", action="append", default=[],
+                    help="float64|float32|tf32|bfloat16|float16|autocast-bf16, or 'all' (repeatable); default: "
+                         "float32 and one reduced-precision mode per family (the CI profile)")
     group.addoption("--device", default=None, help="cpu or cuda (default: cuda when present)")
     group.addoption("--results", default=None, help="results JSON (default reports/conformance/<machine>.json)")
+    group.addoption("--deviations", action="append", default=[], metavar="FILE",
+                    help="a known-deviations TOML file of your own, used besides persample's (repeatable)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,6 +67,10 @@ def selected_device(config: pytest.Config) -> str:
     return config.getoption("device") or default_device().type
 
 
+def deviations_of(config: pytest.Config) -> list:
+    return [*packaged_deviations(), *(d for path in config.getoption("deviations") for d in load_deviations(Path(path)))]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     config = metafunc.config
     if "cell" in metafunc.fixturenames:
@@ -85,21 +95,35 @@ def references() -> ReferenceCache:
 
 
 @pytest.fixture(scope="session")
-def known_deviations() -> dict[str, str]:
-    return load_known_deviations(KNOWN_DEVIATIONS)
+def deviations(pytestconfig: pytest.Config) -> list:
+    return deviations_of(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def expectations():
+    return packaged_expectations()
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """A peer that breaks an invariant is a finding, not a red CI: its failure becomes an xfail
-    carrying the assertion (our own methods still fail)."""
+    """The strict gate for invariants: a peer's failure is an expected failure only when a
+    deviation entry covers that invariant there; a covered invariant that passes fails."""
     report = yield
-    method = getattr(item, "callspec", None) and item.callspec.params.get("method")
-    if (report.when == "call" and report.failed and isinstance(method, Method) and method.capabilities.peer
-            and item.get_closest_marker("invariant") is not None and call.excinfo is not None):
-        finding = call.excinfo.exconly().strip().splitlines()
-        report.outcome = "skipped"
-        report.wasxfail = f"peer deviation: {' '.join(finding[:3])[:400]}"
+    params = getattr(item, "callspec", None) and item.callspec.params
+    method = params.get("method") if params else None
+    if report.when != "call" or not isinstance(method, Method) or item.get_closest_marker("invariant") is None:
+        return report
+    check = item.originalname.removeprefix("test_")
+    workload = params.get("workload") or getattr(item.function, "workload", "*")
+    mode = "float64" if torch.float64 in method.capabilities.dtypes else "float32"
+    deviation = covering(deviations_of(item.config), method.name, check, workload, mode, selected_device(item.config))
+    if report.failed and deviation is not None and call.excinfo is not None:
+        finding = " ".join(call.excinfo.exconly().strip().splitlines()[:3])[:300]
+        report.outcome, report.wasxfail = "skipped", f"known deviation ({deviation.source}): {finding}"
+    elif report.passed and deviation is not None:
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} passes, but {deviation.source} records {method.name} as failing "
+                           f"{check} on {workload}: remove the entry now that it no longer happens")
     return report
 
 
@@ -128,7 +152,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         return
     from persample.conformance.summary import summarize
 
-    for line in summarize(RECORDS, load_known_deviations(KNOWN_DEVIATIONS)):
+    for line in summarize(RECORDS):
         terminalreporter.write_line(line)
     path = getattr(config, "_persample_results_path", None)
     if path:

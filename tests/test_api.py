@@ -39,11 +39,12 @@ def test_per_sample_grad_norms_are_the_norms_over_all_parameters():
 
 def test_auto_picks_a_method_that_supports_the_model():
     """Which one depends on the measured data (tests/report/test_auto.py); that it can run does not."""
+    cpu = torch.device("cpu")
     linear = nn.Linear(4, 3)
-    assert persample.api.resolve_method("auto", linear, torch.randn(2, 4)).find_unsupported(linear) is None
+    assert persample.api.resolve_method("auto", linear, torch.randn(2, 4)).problem(linear, cpu, torch.float32) is None
     lstm = nn.LSTM(4, 3, batch_first=True)  # no per-layer rule: hooks cannot, so auto looks further
     chosen = persample.api.resolve_method("auto", lstm, torch.randn(2, 5, 4))
-    assert chosen.name != "hooks" and chosen.find_unsupported(lstm) is None
+    assert chosen.name != "hooks" and chosen.problem(lstm, cpu, torch.float32) is None
 
 
 def test_unknown_method_names_the_registered_ones():
@@ -71,7 +72,7 @@ def test_a_scalar_loss_is_refused_with_an_explanation_of_reduction():
 
 def test_a_loss_with_extra_dimensions_is_refused():
     model, x, _ = linear_problem()
-    with pytest.raises(LossNotPerSample, match=r"shape \(5,\); got \(5, 3\)"):
+    with pytest.raises(LossNotPerSample, match=r"one loss per sample: for (\d) samples, shape \(\1,\); got \(\1, 3\)"):
         persample.per_sample_grads(model, x, torch.randn(5, 3), loss_fn=nn.MSELoss(reduction="none"), method="vmap")
 
 

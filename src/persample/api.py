@@ -4,18 +4,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .contract import LossFn, Inputs, as_tuple, batch_size_of
-from .methods.registry import Method, get
-from .selection import choose_method
+from . import cache
+from .batch import CallArgs, Inputs
+from .contract import LossFn, as_tuple, default_loss
+from .methods.base import Method
+from .methods.registry import get
 
 
 def resolve_method(method: str | Method, model: nn.Module, inputs: Inputs) -> Method:
-    """A `Method` for a name, an instance, or "auto" (see `persample.selection`)."""
+    """A `Method` for a name, an instance, or "auto" (see `persample.selection`), statically."""
     if method == "auto":
+        from .selection import choose_method
+
         param = next((p for p in model.parameters() if p.requires_grad), None)
         if param is None:
             raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
-        return choose_method(model, param.device, param.dtype, batch_size=batch_size_of(inputs))
+        return choose_method(model, param.device, param.dtype, batch_size=CallArgs.of(inputs).batch_size)
     return get(method)
 
 
@@ -29,11 +33,27 @@ def per_sample_grads(
 ) -> dict[str, torch.Tensor]:
     """The gradient each sample would produce alone, for every trainable parameter.
 
-    Returns `{name: (B, *param.shape)}` keyed as in `model.named_parameters()`. `loss_fn(outputs,
-    targets)` must return one loss per sample (default: cross-entropy, reduction="none").
+    `inputs`: a Tensor (`model(inputs)`), a tuple or list (`model(*inputs)`) or a mapping of keyword
+    arguments (`model(**inputs)`, as Hugging Face-style batches come); every tensor in it batch
+    first; values that are not tensors are passed unchanged. `targets`: a Tensor, batch first.
+    `loss_fn(outputs, targets)` returns one loss per sample, shape (B,) (default: cross-entropy,
+    reduction="none"); its value for a sample must not depend on the rest of the batch.
+
+    Returns `{name: (B, *param.shape)}` keyed as in `model.named_parameters()`, each in its
+    parameter's dtype and on its device, unscaled (what sample i alone would put into `.grad`).
+    Raises `Unsupported` (the method cannot do this model: the layer, the reason and the methods
+    that can), `LossNotPerSample` (a `ValueError`: the loss is reduced or depends on the batch) or
+    `ValueError` (inputs that are not batch first, or not in one of the four forms).
+
+    The prepared step (its checks, and `auto`'s choice) is kept per model, method, loss function,
+    input shapes and dtypes (`persample.cache`): pass the same `loss_fn` object to reuse it.
     """
-    chosen = resolve_method(method, model, inputs)
-    return chosen.prepare(model, loss_fn, (inputs, targets))(inputs, targets)
+    loss_fn = loss_fn or default_loss
+    chosen = get(method)
+    call = CallArgs.of(inputs)
+    key = cache.key_of(chosen.name if isinstance(method, str) else id(chosen), loss_fn, call, targets, model)
+    step = cache.cached_step(model, key, loss_fn, lambda: chosen.prepare(model, loss_fn, (call, targets)))
+    return step(call, targets)
 
 
 def per_sample_grad_norms(

@@ -1,7 +1,9 @@
-"""The API contract's checks, shared by every method: per-sample losses, refused layers, dtypes.
+"""The API contract's checks, shared by every method: trainable parameters, layers that couple
+samples, dtypes on devices, inputs that match the model.
 
-A per-sample gradient is the gradient sample i would produce alone (a batch of one), so the loss
-must return one loss per sample and no layer may couple samples (BatchNorm in training mode).
+A per-sample gradient is the gradient sample i would produce alone (a batch of one), so no layer
+may couple samples (BatchNorm with batch statistics) and the loss must return one loss per sample
+(checked on the example batch by `persample.checks.loss`).
 """
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import LossNotPerSample, Unsupported
+from .assumptions import SAMPLES_INDEPENDENT
+from .batch import CallArgs, Inputs
+from .errors import Unsupported
+from .capabilities import Finding, Refusal
 
-Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 Batch = tuple[Inputs, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -22,15 +26,17 @@ default_loss: LossFn = partial(F.cross_entropy, reduction="none")
 """Softmax cross-entropy with `reduction="none"`: one loss per sample."""
 
 
-def as_tuple(inputs: Inputs) -> tuple[torch.Tensor, ...]:
-    return inputs if isinstance(inputs, tuple) else (inputs,)
+def as_tuple(inputs: Inputs) -> tuple:
+    """Positional inputs as a tuple (a Tensor becomes a 1-tuple; a list, a tuple)."""
+    call = CallArgs.of(inputs)
+    if call.kwargs:
+        raise ValueError("this helper takes positional inputs; a mapping of keyword inputs has no tuple form")
+    return call.args
 
 
 def batch_size_of(inputs: Inputs) -> int:
-    first = as_tuple(inputs)[0]
-    if first.dim() == 0:
-        raise ValueError("inputs must be batch first; got a 0-dimensional tensor")
-    return first.shape[0]
+    """The number of samples in `inputs` (dim 0 of every tensor, which must agree)."""
+    return CallArgs.of(inputs).batch_size
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -45,63 +51,35 @@ def trainable_owners(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield qualname, module
 
 
-def refuse_unsound_layers(model: nn.Module, *, method: str | None = None) -> None:
-    """Raise `Unsupported` for layers that couple samples or rewrite their weights in forward."""
+def _coupling_layer(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Finding | None:
     for qualname, module in model.named_modules():
         if isinstance(module, nn.Embedding) and module.scale_grad_by_freq:
-            raise Unsupported(
-                f"layer {qualname} (Embedding) has scale_grad_by_freq=True, which scales each "
-                "row's gradient by its frequency in the whole batch, so one sample's gradient "
-                "depends on the others. Fix: construct it with scale_grad_by_freq=False.",
-                method=method,
-                layer="Embedding",
-            )
+            return Finding(
+                "has scale_grad_by_freq=True, which scales each row's gradient by its frequency in the "
+                "whole batch, so one sample's gradient depends on the others. Fix: construct it with "
+                "scale_grad_by_freq=False", qualname, module)
         if isinstance(module, nn.Embedding) and module.max_norm is not None:
-            raise Unsupported(
-                f"layer {qualname} (Embedding) has max_norm set, which renormalises the weight "
-                "in place during every forward, so computing gradients would change the model. "
-                "Fix: construct it with max_norm=None (clip the rows in the optimizer instead).",
-                method=method,
-                layer="Embedding",
-            )
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-            raise Unsupported(
-                f"layer {qualname} ({type(module).__name__}) in training mode normalises with "
-                "batch statistics, so each sample's gradient depends on the other samples and "
-                "per-sample gradients are undefined. Fix: replace it with GroupNorm or LayerNorm "
-                "(opacus.validators.ModuleValidator.fix does this), or put it in eval mode "
-                "(module.eval()) to use its running statistics.",
-                method=method,
-                layer=type(module).__name__,
-            )
+            return Finding(
+                "has max_norm set, which renormalises the weight in place during every forward, so "
+                "computing gradients would change the model. Fix: construct it with max_norm=None (clip "
+                "the rows in the optimizer instead)", qualname, module)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or not module.track_running_stats):
+            mode = "in training mode" if module.training else "with track_running_stats=False (even in eval mode)"
+            return Finding(
+                f"{mode} normalises with batch statistics, so each sample's gradient depends on the other "
+                "samples and per-sample gradients are undefined. Fix: replace it with GroupNorm or LayerNorm "
+                "(opacus.validators.ModuleValidator.fix does this), or use running statistics: "
+                "track_running_stats=True and module.eval()", qualname, module)
+    return None
 
 
-def check_per_sample_loss(
-    model: nn.Module, loss_fn: LossFn, inputs: Inputs, targets: torch.Tensor
-) -> None:
-    """Run the model once without gradients and check the loss has shape `(B,)`."""
-    batch = batch_size_of(inputs)
-    if targets.shape[:1] != (batch,):
-        raise ValueError(
-            f"targets must be batch first with {batch} rows to match the inputs; "
-            f"got shape {tuple(targets.shape)}"
-        )
-    with torch.no_grad():
-        losses = loss_fn(model(*as_tuple(inputs)), targets)
-    check_loss_shape(losses, batch)
-
-
-def check_loss_shape(losses: torch.Tensor, batch: int) -> None:
-    """Raise `LossNotPerSample` unless `losses` holds one loss per sample."""
-    if not isinstance(losses, torch.Tensor) or tuple(losses.shape) != (batch,):
-        shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
-        raise LossNotPerSample(
-            f"loss_fn must return one loss per sample, shape ({batch},); got {shape}. "
-            "A scalar means the loss is already reduced over the batch (reduction='mean' or "
-            "'sum'), which mixes the samples: its gradient is the batch gradient, not per-sample "
-            "ones. Fix: use reduction='none', and reduce any other dimensions inside the loss, "
-            "e.g. lambda out, y: F.mse_loss(out, y, reduction='none').flatten(1).mean(1)."
-        )
+COUPLING = Refusal(
+    SAMPLES_INDEPENDENT.id,
+    "BatchNorm with batch statistics (training mode, or track_running_stats=False); "
+    "Embedding(scale_grad_by_freq=True) or Embedding(max_norm=...)",
+    _coupling_layer,
+)
+"""Refused by every method: these layers couple samples or rewrite their weights in forward."""
 
 
 def check_dtype_on_device(dtype: torch.dtype, device: torch.device) -> None:
@@ -114,18 +92,28 @@ def check_dtype_on_device(dtype: torch.dtype, device: torch.device) -> None:
 
 
 def check_inputs_match(model: nn.Module, inputs: Inputs) -> None:
-    """Floating inputs must share the parameters' dtype and device (no silent casts)."""
+    """Input tensors on the parameters' device, floating ones in their dtype (no silent casts)."""
     param = next(model.parameters(), None)
     if param is None:
         return
-    for index, tensor in enumerate(as_tuple(inputs)):
+    for name, tensor in CallArgs.of(inputs).tensors():
         if tensor.device != param.device:
             raise ValueError(
-                f"input {index} is on {tensor.device} but the model is on {param.device}; "
+                f"input {name} is on {tensor.device} but the model is on {param.device}; "
                 f"move one of them (inputs.to({str(param.device)!r}))"
             )
         if tensor.is_floating_point() and tensor.dtype != param.dtype:
             raise ValueError(
-                f"input {index} is {tensor.dtype} but the model's parameters are {param.dtype}; "
+                f"input {name} is {tensor.dtype} but the model's parameters are {param.dtype}; "
                 f"cast the inputs (inputs.to({param.dtype})) or the model (model.to(...))"
             )
+
+
+def check_targets(targets: torch.Tensor, batch: int) -> None:
+    """Targets are a tensor, batch first, with one row per sample."""
+    if not isinstance(targets, torch.Tensor):
+        raise ValueError(f"targets must be a Tensor, batch first; got {type(targets).__name__}")
+    if targets.shape[:1] != (batch,):
+        raise ValueError(
+            f"targets must be batch first with {batch} rows to match the inputs; got shape {tuple(targets.shape)}"
+        )

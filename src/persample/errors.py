@@ -7,8 +7,9 @@ from collections.abc import Iterable
 class Unsupported(Exception):
     """A method cannot handle this model, dtype or device (or its package is missing).
 
-    Carries the method, the offending layer (if any) and the methods that can handle it, so a
-    conformance cell or a benchmark can record *why* and a user knows what to use instead.
+    Carries the method, the offending layer (if any), the assumption that failed (an id of
+    `persample.assumptions`, if any) and the methods that can handle the model, so a conformance
+    cell or a benchmark can record *why* and a user knows what to use instead.
     """
 
     def __init__(
@@ -18,16 +19,23 @@ class Unsupported(Exception):
         method: str | None = None,
         layer: str | None = None,
         supported_by: Iterable[str] = (),
+        assumption: str | None = None,
     ) -> None:
         self.reason = reason
         self.method = method
         self.layer = layer
+        self.assumption = assumption
         self.supported_by = tuple(supported_by)
         message = f"{method}: {reason}" if method else reason
         if self.supported_by:
             message += f" (methods that can: {', '.join(self.supported_by)})"
         super().__init__(message)
 
+    def naming(self, *, method: str | None = None, supported_by: Iterable[str] = ()) -> Unsupported:
+        """The same refusal, attributed to `method` and listing the methods that can."""
+        return Unsupported(self.reason, method=method or self.method, layer=self.layer,
+                           supported_by=supported_by, assumption=self.assumption)
+
 
 class LossNotPerSample(ValueError):
-    """The loss returned something other than one loss per sample (shape `(B,)`)."""
+    """The loss is not one loss per sample: reduced over the batch, or depending on the batch."""

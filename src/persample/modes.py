@@ -1,7 +1,9 @@
-"""Compute modes: a dtype, plus TF32 matrix units for "tf32" (CUDA only).
+"""Compute modes: a dtype, plus TF32 matrix units for "tf32" (CUDA only), or a float32 model run
+under autocast ("autocast-bf16": mixed precision as training code uses it).
 
 One definition for the conformance suite, the benchmarks and the report ("float64", "float32",
-"tf32", "bfloat16", "float16"), so a benchmark row and a conformance record of a mode line up.
+"tf32", "bfloat16", "float16", "autocast-bf16"), so a benchmark row and a conformance record of a
+mode line up.
 """
 from __future__ import annotations
 
@@ -14,9 +16,14 @@ import torch
 
 @dataclass(frozen=True)
 class Mode:
+    """`dtype`: the model's and inputs' dtype; `tf32`: TF32 matmuls; `autocast`: the dtype
+    `torch.autocast` computes in; `tolerance`: the mode whose tolerance applies (its own by default)."""
+
     name: str
     dtype: torch.dtype
     tf32: bool = False
+    autocast: torch.dtype | None = None
+    tolerance: str | None = None
 
     @property
     def itemsize(self) -> int:
@@ -28,7 +35,7 @@ class Mode:
             return "TF32 is an NVIDIA tensor-core mode; it needs a CUDA device"
         if self.tf32 and torch.cuda.get_device_capability(device)[0] < 8:
             return f"{torch.cuda.get_device_name(device)} has no TF32 tensor cores (needs compute capability 8.0+)"
-        if device.type == "cuda" and self.dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        if device.type == "cuda" and torch.bfloat16 in (self.dtype, self.autocast) and not torch.cuda.is_bf16_supported():
             return f"{torch.cuda.get_device_name(device)} has no bfloat16 support"
         return None
 
@@ -43,10 +50,16 @@ class Mode:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
     @contextmanager
-    def active(self) -> Iterator[None]:
+    def active(self, device: str | torch.device = "cpu") -> Iterator[None]:
+        """TF32 as the mode says and, for an autocast mode, autocast on `device`'s type."""
         flags = self.enable()
+        device_type = torch.device(device).type
         try:
-            yield
+            if self.autocast is None:
+                yield
+            else:
+                with torch.autocast(device_type, dtype=self.autocast):
+                    yield
         finally:
             self.restore(flags)
 
@@ -59,6 +72,7 @@ MODES = {
         Mode("tf32", torch.float32, tf32=True),
         Mode("bfloat16", torch.bfloat16),
         Mode("float16", torch.float16),
+        Mode("autocast-bf16", torch.float32, autocast=torch.bfloat16, tolerance="bfloat16"),
     )
 }
 

@@ -1,91 +1,169 @@
-"""`method="auto"`: the fastest method that is conformant for this model on this device.
+"""`method="auto"`: the fastest method that is right for this model on this device.
 
-Measured data first. The data is the report's (`persample.report.recommend`): per machine, dtype,
-workload and batch size, the methods that ran and pass conformance there, fastest first. It is read
-from the reports directory `$PERSAMPLE_RESULTS` names (else `./reports/`) when it holds a
-`results.csv`, otherwise from the summary shipped in the package
-(`persample/report/recommendations.json`). The rule:
-
-1. machine: one with the same device type, preferring this one (same GPU model on CUDA, same CPU
-   slug on the CPU); dtype: the same compute mode ("tf32" for float32 with TF32 matmuls on CUDA,
-   falling back to "float32" data);
-2. workload: the zoo workload measured there nearest to the model (same parameter-owning layer
-   types first, frozen ones marked, then the nearest parameter count; `persample.report.signature`);
-   batch size: the nearest measured one on a log scale (without one, the middle of those measured);
-3. the first method of that case's ranking that registers here and passes `method.check`.
-
-Without measured data, or when no ranked method can run the model, the documented rule (README,
-"Which method does auto pick?"): on CUDA prefer `kernel`, then `vmap`; on the CPU prefer `hooks`,
-then `vmap`; `loop` is the last resort because it supports everything (`FALLBACK_ORDER`).
+The candidates, in order:
+1. measured data first. The data is the report's (`persample.report.recommend`): per machine,
+   dtype, workload and batch size, the methods that ran and pass conformance there, fastest first.
+   It is read from the reports directory `$PERSAMPLE_RESULTS` names (else `./reports/`) when it
+   holds a `results.csv`, otherwise from the summary shipped in the package
+   (`persample/report/recommendations.json`). The case: a machine with the same device type (this
+   one preferred), the same compute mode, the zoo workload nearest to the model (same
+   parameter-owning layer types first, then the nearest parameter count;
+   `persample.report.signature`) and the nearest measured batch size on a log scale;
+2. then the documented rule (README, "Which method does auto pick?"): on CUDA `kernel`, then
+   `vmap`; on the CPU `hooks`, then `vmap` (`FALLBACK_ORDER`); then our other methods, the peers,
+   and `loop` last, since it runs every model.
+A candidate is passed over when its declared refusals apply to the model, when a known deviation
+of it applies to the model's features (`persample.deviations`), or, given the example batch, when
+its preparation refuses (its checks, the loss, the device). `explain_choice` says which case or
+rule decided and why each earlier candidate was passed over.
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
 from torch import nn
 
-from .errors import Unsupported
-from .methods.registry import Method, registered
+from .assumptions import MATCHES_DEFINITION
+from .batch import CallArgs
+from .deviations import deviations_applying
+from .errors import LossNotPerSample, Unsupported
+from .methods.base import Method, PreparedStep
+from .methods.registry import registered
 from .reference import mode_name
 
 FALLBACK_ORDER = {
-    "cuda": ("kernel", "vmap", "hooks", "expand", "loop"),
-    "cpu": ("hooks", "vmap", "expand", "loop"),
+    "cuda": ("kernel", "vmap", "hooks", "expand", "jax"),
+    "cpu": ("hooks", "vmap", "expand", "jax"),
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class Choice:
-    """The method `auto` picked and why (the measured case it follows, or the fallback rule)."""
+    """The method `auto` picked, why, and why each earlier candidate was passed over."""
 
     method: Method
     basis: str
+    passed_over: list[str] = field(default_factory=list)
+    step: PreparedStep | None = None
+
+    def describe(self) -> str:
+        over = "; ".join(self.passed_over)
+        return f"{self.method.name} ({self.basis})" + (f"; passed over: {over}" if over else "")
 
 
-def choose_method(
-    model: nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int | None = None
-) -> Method:
-    """The method `auto` resolves to for `model` on `device` in `dtype`."""
-    return explain_choice(model, device, dtype, batch_size).method
+def candidates(model: nn.Module, device: torch.device, dtype: torch.dtype,
+               batch_size: int | None = None) -> tuple[list[str], str]:
+    """Method names in the order `auto` tries them, and what decided the front of the order."""
+    methods = {name: m for name, m in registered().items() if not m.capabilities.chooser}
+    try:
+        measured, basis = measured_ranking(model, device, dtype, batch_size)
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable data must not break auto
+        measured, basis = [], ""
+    order = FALLBACK_ORDER.get(device.type, FALLBACK_ORDER["cpu"])
+    if not measured:
+        basis = f"fallback rule for {device.type}: {' > '.join(order)} (no measured case fits)"
+    ours = [n for n, m in methods.items() if not m.capabilities.peer and not m.capabilities.reference]
+    peers = [n for n, m in methods.items() if m.capabilities.peer]
+    ranked = [*measured, *order, *ours, *peers, *(n for n, m in methods.items() if m.capabilities.reference)]
+    return [n for i, n in enumerate(ranked) if n in methods and n not in ranked[:i]], basis
 
 
 def explain_choice(
-    model: nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int | None = None
+    model: nn.Module,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch_size: int | None = None,
+    *,
+    example_batch=None,
+    loss_fn=None,
 ) -> Choice:
-    """The method `auto` resolves to, with the measured case or the rule that decided it."""
+    """The method `auto` resolves to, with the case or rule that decided it and the candidates
+    passed over. Given `example_batch` (inputs, targets), each candidate is also prepared on it
+    (its checks run) and the prepared step is returned in `Choice.step`."""
+    names, basis = candidates(model, device, dtype, batch_size)
+    methods = registered()
+    passed_over: list[str] = []
+    failures: list[Exception] = []
+    assumptions: set[str | None] = set()
+    for name in names:
+        method = methods[name]
+        problem = _static_problem(method, model, device, dtype)
+        if problem is None:
+            deviations = deviations_applying(name, model)
+            if deviations:
+                problem = (f"known deviation: {deviations[0].reason}", MATCHES_DEFINITION.id)
+        if problem is not None:
+            passed_over.append(f"{name}: {problem[0]}")
+            assumptions.add(problem[1])
+            continue
+        if example_batch is None:
+            return Choice(method, basis, passed_over)
+        try:
+            step = verified_step(method, model, loss_fn, example_batch)
+        except LossNotPerSample:
+            raise
+        except Unsupported as refused:
+            passed_over.append(f"{name}: {refused.reason}")
+            assumptions.add(refused.assumption)
+            continue
+        except Exception as error:  # a candidate that breaks hands over to the next
+            failures.append(error)
+            passed_over.append(f"{name}: failed while preparing ({type(error).__name__}: {error})")
+            continue
+        return Choice(method, basis, passed_over, step)
+    if failures:
+        raise failures[0]
+    shared = assumptions.pop() if len(assumptions) == 1 else None
+    raise Unsupported("no method can handle this model: " + "; ".join(passed_over), method="auto", assumption=shared)
+
+
+def choose_method(model: nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int | None = None) -> Method:
+    """The method `auto` resolves to for `model` on `device` in `dtype` (static checks only)."""
+    return explain_choice(model, device, dtype, batch_size).method
+
+
+def _static_problem(method: Method, model: nn.Module, device: torch.device, dtype: torch.dtype) -> tuple[str, str | None] | None:
     try:
-        measured = measured_choice(model, device, dtype, batch_size)
-    except (OSError, ValueError, KeyError, TypeError):  # unreadable data must not break auto
-        measured = None
-    return measured or fallback_choice(model, device, dtype)
+        problem = method.problem(model, device, dtype)
+    except Exception as error:  # a method whose own check breaks cannot be chosen
+        return f"its capability check failed ({type(error).__name__}: {error})", None
+    return None if problem is None else (problem.reason, problem.assumption)
 
 
-def measured_choice(
+def verified_step(method: Method, model: nn.Module, loss_fn, example_batch) -> PreparedStep:
+    """The method's prepared step; a method without checks of its own (a peer, a plugin) is first
+    held to the definition on the example batch (`checks.verify_answer`). Raises what they raise."""
+    from .checks import CheckContext, verify_answer
+    from .contract import default_loss
+
+    step = method.prepare(model, loss_fn, example_batch)
+    if MATCHES_DEFINITION.id not in method.capabilities.relies_on:
+        call, targets = example_batch
+        verify_answer(CheckContext(method.name, model, loss_fn or default_loss, CallArgs.of(call), targets), method)
+    return step
+
+
+def measured_ranking(
     model: nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int | None
-) -> Choice | None:
-    """The choice from measured data, or None when there is none that fits."""
+) -> tuple[list[str], str]:
+    """The ranking of the nearest measured case, and a sentence saying which case it is."""
     from .report.signature import signature_of
     from .report.summary import cases, current
 
     summary, origin = current()
-    methods = registered()
     signature = signature_of(model)
     for machine_name, machine in _machines(summary, device):
         for mode in _modes(device, dtype):
             case = _nearest_case(summary, cases(machine, mode), signature, batch_size)
-            if case is None:
-                continue
-            for name in case.ranking:
-                method = methods.get(name)
-                if method is not None and method.problem(model, device, dtype) is None:
-                    basis = (f"measured: {name} is the fastest conformant method that runs this model for "
-                             f"{case.workload} ({case.size}), batch {case.batch_size}, {mode} on {machine_name} ({origin})")
-                    return Choice(method, basis)
-    return None
+            if case is not None:
+                basis = (f"measured: fastest conformant methods for {case.workload} ({case.size}), batch "
+                         f"{case.batch_size}, {mode} on {machine_name} ({origin})")
+                return list(case.ranking), basis
+    return [], ""
 
 
 def _nearest_case(summary: dict, measured: list, signature, batch_size: int | None):
@@ -93,33 +171,15 @@ def _nearest_case(summary: dict, measured: list, signature, batch_size: int | No
     from .report.signature import Signature, nearest
 
     known = summary.get("workloads", {})
-    candidates = {
+    options = {
         (case.workload, case.size): Signature.from_json(known[case.workload][case.size])
         for case in measured
         if case.size in known.get(case.workload, {})
     }
-    if not candidates:
+    if not options:
         return None
-    workload = nearest(signature, candidates)
+    workload = nearest(signature, options)
     return _nearest_batch([case for case in measured if (case.workload, case.size) == workload], batch_size)
-
-
-def fallback_choice(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Choice:
-    """The first method of `FALLBACK_ORDER` for the device that can run the model."""
-    methods = registered()
-    order = FALLBACK_ORDER.get(device.type, FALLBACK_ORDER["cpu"])
-    reasons = []
-    for name in order:
-        method = methods.get(name)
-        if method is None:
-            continue
-        try:
-            method.check(model, device, dtype)
-        except Unsupported as problem:
-            reasons.append(str(problem))
-            continue
-        return Choice(method, f"fallback rule for {device.type}: {' > '.join(order)} (no measured case fits)")
-    raise Unsupported("no method can handle this model: " + "; ".join(reasons), method="auto")
 
 
 def _modes(device: torch.device, dtype: torch.dtype) -> list[str]:

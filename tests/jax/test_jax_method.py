@@ -150,11 +150,12 @@ def test_a_loss_module_and_in_place_activations_are_translated():
     assert_matches_reference(QUICK(model, x.double(), y, loss), model, x.double(), y, loss)
 
 
-def test_capabilities_describe_a_jax_method_with_its_layer_vocabulary():
+def test_capabilities_describe_a_jax_method_with_its_layer_vocabulary_and_what_it_refuses():
     capabilities = get("jax").capabilities
     assert capabilities.framework == "jax" and capabilities.requires == (("jax", "jax"),)
-    assert {nn.LSTM, nn.Conv3d, nn.RMSNorm, nn.BatchNorm2d} <= set(capabilities.layers)
-    assert "InstanceNorm1d" in capabilities.layer_vocabulary()
+    assert capabilities.layers is None, "custom modules are traced through, so no layer list restricts them"
+    assert all(name in capabilities.notes for name in ("LSTM", "Conv3d", "RMSNorm", "InstanceNorm1d"))
+    assert {"translatable", "grad-mode", "autograd-functions", "plain-forward"} <= set(capabilities.relies_on)
     assert persample.available_methods()["jax"] is None
 
 

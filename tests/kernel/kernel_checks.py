@@ -31,12 +31,20 @@ def poisoned_outputs(module: nn.Module, batch: int) -> dict[str, torch.Tensor]:
     return {name: poisoned((batch, *p.shape), p.dtype) for name, p in module.named_parameters(recurse=False)}
 
 
-def assert_matches_rule(got: dict[str, torch.Tensor], rule: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
-    """The kernel's gradients against the shared rule evaluated in float64 on the same inputs."""
+def coarsest(*dtypes: torch.dtype) -> torch.dtype:
+    """The lowest precision among `dtypes` (mixed inputs are checked at the coarser one's tolerance)."""
+    return next(d for d in (torch.bfloat16, torch.float16, torch.float32) if d in dtypes)
+
+
+def assert_matches_rule(
+    got: dict[str, torch.Tensor], rule: dict[str, torch.Tensor], dtype: torch.dtype, *inputs: torch.dtype
+) -> None:
+    """The kernel's gradients (in `dtype`) against the shared rule evaluated in float64 on the same
+    inputs, within the tolerance of the coarsest of `dtype` and the inputs' dtypes `inputs`."""
     __tracebackhide__ = True
     for name, value in got.items():
         assert value.dtype == dtype, f"{name}: dtype {value.dtype}, expected {dtype}"
-    tolerance = KERNEL_VS_RULE[dtype]
+    tolerance = KERNEL_VS_RULE[coarsest(dtype, *inputs)]
     result = compare(got, rule)
     assert result.within(tolerance), f"kernel vs float64 rule: {result.describe(tolerance)}"
 

@@ -72,8 +72,8 @@ def test_subclasses_keep_the_kernel_unless_they_change_forward():
             return 2 * super().forward(x)
 
     assert KernelMethod().placement(nn.Sequential(Renamed(3, 2))) == {"0": "triton"}
-    problem = KernelMethod().find_unsupported(nn.Sequential(Doubled(3, 2)))
-    assert problem is not None and "overrides forward()" in problem.reason
+    problem = KernelMethod().problem(nn.Sequential(Doubled(3, 2)), torch.device(DEVICE), torch.float32)
+    assert problem is not None and "overrides forward()" in problem.reason and problem.assumption == "layer-rules"
 
 
 def test_registered_under_kernel():

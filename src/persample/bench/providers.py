@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..contract import Batch, LossFn, as_tuple, trainable_parameters
+from ..batch import CallArgs
+from ..contract import Batch, LossFn, trainable_parameters
 from ..errors import Unsupported
 from ..methods.registry import Capabilities, Method, Step, get
 from .grid import BASELINE, Case
@@ -25,7 +26,7 @@ class Baseline(Method):
         names, tensors = list(params), list(params.values())
 
         def step(inputs, targets) -> dict[str, torch.Tensor]:
-            loss = loss_fn(model(*as_tuple(inputs)), targets).mean()
+            loss = loss_fn(CallArgs.of(inputs).call(model), targets).mean()
             grads = torch.autograd.grad(loss, tensors, allow_unused=True, materialize_grads=True)
             return dict(zip(names, grads))
 

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import torch
 
-from ..errors import Unsupported
+from ..errors import LossNotPerSample, Unsupported
 from ..modes import get_mode
 from ..reference import compare, reference_grads, tolerance_for
 from ..workloads import Problem, Workload
@@ -43,40 +43,54 @@ class ReferenceCache:
         return self._references[key]
 
 
-def run_cell(cell: Cell, cache: ReferenceCache, known_deviations: dict[str, str] | None = None) -> Record:
-    """The cell's outcome: pass, fail (with the measured error or the exception) or unsupported."""
-    caps = cell.method.capabilities
+def run_cell(cell: Cell, cache: ReferenceCache) -> Record:
+    """The cell's outcome: pass, fail (with the measured error or the exception), unsupported (with
+    the method's reason and the failed assumption), error (LossNotPerSample) or reference."""
+    method, mode = cell.method, get_mode(cell.mode)
     tolerance = tolerance_for(cell.mode)
     record = Record(
-        id=cell.id, method=cell.method.name, workload=cell.workload.name, dtype=cell.mode,
-        device=cell.device, outcome="fail", peer=caps.peer, tolerance=asdict(tolerance),
-        known_deviation=(known_deviations or {}).get(cell.id), batch_size=cache.batch_size,
+        id=cell.id, method=method.name, workload=cell.workload.name, dtype=cell.mode, device=cell.device,
+        outcome="fail", peer=method.capabilities.peer, tolerance=asdict(tolerance), batch_size=cache.batch_size,
     )
-    refused = "refused" in cell.workload.tags
     start = time.perf_counter()
+    declared = True  # until the method's declared refusals have passed
     try:
         problem = cache.problem(cell.workload, cell.dtype, cell.device)
-        with get_mode(cell.mode).active():
-            step = cell.method.prepare(problem.model, problem.loss_fn, (problem.inputs, problem.targets))
+        record.batch_size = problem.batch_size
+        param = next(p for p in problem.model.parameters() if p.requires_grad)
+        refused = method.problem(problem.model, param.device, param.dtype)
+        if refused is not None:
+            raise refused
+        declared = False
+        with mode.active(cell.device):
+            step = method.prepare(problem.model, problem.loss_fn, (problem.inputs, problem.targets))
             grads = step(problem.inputs, problem.targets)
     except Unsupported as unsupported:
-        record.outcome, record.reason = "unsupported", str(unsupported)
+        record.outcome, record.reason, record.assumption = "unsupported", str(unsupported), unsupported.assumption
+        record.declared = declared
+    except LossNotPerSample as error:
+        record.outcome, record.reason, record.error = "error", str(error), type(error).__name__
     except Exception as error:  # a crash is a finding: the record keeps it
-        record.reason = f"{type(error).__name__}: {error}"
+        record.reason, record.error = f"{type(error).__name__}: {error}", type(error).__name__
     else:
-        if refused:
-            record.reason = "returned gradients for a model whose layers couple samples (should refuse)"
+        checks = getattr(step, "checks", None)
+        record.check_ms = round(checks.seconds * 1e3, 3) if checks is not None else None
+        if method.capabilities.reference and cell.mode == "float64":
+            record.outcome, record.reason = "reference", "the float64 loop is the reference itself"
         else:
-            comparison = compare(grads, cache.reference(cell.workload, cell.dtype, cell.device))
-            record.relative_error = comparison.max_relative if comparison.relative else None
-            record.per_sample_error = comparison.max_per_sample if comparison.per_sample else None
-            if comparison.per_sample:
-                record.worst_parameter = max(comparison.per_sample, key=comparison.per_sample.get)
-                record.worst_sample = comparison.worst_sample[record.worst_parameter]
-            if comparison.within(tolerance):
-                record.outcome = "pass"
-            else:
-                record.reason = comparison.describe(tolerance)
+            _judge(record, grads, cache.reference(cell.workload, cell.dtype, cell.device), tolerance)
     record.seconds = round(time.perf_counter() - start, 4)
-    record.expected_failure = record.outcome == "fail" and caps.peer
     return record
+
+
+def _judge(record: Record, grads: dict, reference: dict, tolerance) -> None:
+    comparison = compare(grads, reference)
+    record.relative_error = comparison.max_relative if comparison.relative else None
+    record.per_sample_error = comparison.max_per_sample if comparison.per_sample else None
+    if comparison.per_sample:
+        record.worst_parameter = max(comparison.per_sample, key=comparison.per_sample.get)
+        record.worst_sample = comparison.worst_sample[record.worst_parameter]
+    if comparison.within(tolerance):
+        record.outcome = "pass"
+    else:
+        record.reason = comparison.describe(tolerance)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..contract import as_tuple
+from ..batch import CallArgs
 from ..workloads import Workload
 
 KINK_MARGIN = 1e-5
@@ -35,8 +35,8 @@ def nearest_kink(workload: Workload, seed: int, batch_size: int) -> float:
     """Smallest |ReLU input| in the float64 forward of the workload's seeded batch."""
     problem = workload.build(size="small", batch_size=batch_size, seed=seed, dtype=torch.float64)
     watch = _KinkWatch()
-    with torch.no_grad(), watch:
-        problem.model(*as_tuple(problem.inputs))
+    with watch:  # gradients on: a forward may differentiate itself (an energy model)
+        CallArgs.of(problem.inputs).call(problem.model)
     return watch.nearest
 
 

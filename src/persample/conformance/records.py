@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-SCHEMA = "persample.conformance/1"
+SCHEMA = "persample.conformance/2"
 
 
 @dataclass
@@ -16,7 +16,7 @@ class Record:
     workload: str
     dtype: str
     device: str
-    outcome: str  # "pass" | "fail" | "unsupported"
+    outcome: str  # "pass" | "fail" | "unsupported" | "error" (an expected ValueError) | "reference"
     peer: bool = False
     expected_failure: bool = False
     known_deviation: str | None = None
@@ -26,6 +26,12 @@ class Record:
     worst_parameter: str | None = None
     worst_sample: int | None = None
     reason: str | None = None
+    assumption: str | None = None  # the failed assumption of a refusal (persample.assumptions)
+    declared: bool = False  # a refusal the method declares up front, not one of its checks
+    error: str | None = None  # the exception's class name, for "error" and "fail" by exception
+    expected: str | None = None  # the outcome the expectations table or a deviation gives
+    verdict: str | None = None  # what the gate made of it: pass, fail, xfail, skip
+    check_ms: float | None = None  # what the method's checks at prepare cost
     batch_size: int = 0
     size: str = "small"
     seconds: float = 0.0

@@ -1,28 +1,24 @@
-"""The terminal summary of a conformance run: counts per method, peer findings, stale entries."""
+"""The terminal summary of a conformance run: cells per outcome and per verdict, for each method."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-OUTCOMES = ("pass", "fail", "unsupported")
+OUTCOMES = ("pass", "fail", "unsupported", "error", "reference")
+VERDICTS = ("pass", "fail", "xfail", "skip")
 
 
-def summarize(records: list[dict], known_deviations: dict[str, str]) -> list[str]:
-    """Lines: a pass/fail/unsupported table per method, then what the known-deviations file says."""
-    counts: dict[str, Counter] = defaultdict(Counter)
+def summarize(records: list[dict]) -> list[str]:
+    """Lines: per method, how many cells ended in each outcome, and what the gate made of them."""
+    outcomes: dict[str, Counter] = defaultdict(Counter)
+    verdicts: dict[str, Counter] = defaultdict(Counter)
     for record in records:
-        counts[record["method"]][record["outcome"]] += 1
-    lines = ["", "conformance matrix (cells per outcome):", f"  {'method':18s} {'pass':>5s} {'fail':>5s} {'unsupported':>12s}"]
-    for method, count in counts.items():
-        lines.append(f"  {method:18s} {count['pass']:5d} {count['fail']:5d} {count['unsupported']:12d}")
-    by_id = {r["id"]: r for r in records}
-    findings = [r for r in records if r["outcome"] == "fail" and r["peer"] and r["id"] not in known_deviations]
-    if findings:
-        lines.append(f"peer deviations not yet in known_deviations.toml ({len(findings)}):")
-        lines += [f"  {r['id']}: {r['reason']}" for r in findings]
-    stale = [key for key in known_deviations if key in by_id and by_id[key]["outcome"] != "fail"]
-    if stale:
-        lines.append("known deviations that no longer fail (remove them): " + ", ".join(stale))
-    unmatched = [key for key in known_deviations if key not in by_id]
-    if unmatched and len(by_id) > 0:
-        lines.append("known deviations matching no cell of this run: " + ", ".join(unmatched))
+        outcomes[record["method"]][record["outcome"]] += 1
+        verdicts[record["method"]][record.get("verdict") or "?"] += 1
+    header = "".join(f"{o:>12s}" for o in OUTCOMES) + " |" + "".join(f"{v:>6s}" for v in VERDICTS)
+    lines = ["", "conformance matrix (cells per outcome | per verdict of the gate; reference cells are not checks):",
+             f"  {'method':18s}{header}"]
+    for method in outcomes:
+        row = "".join(f"{outcomes[method][o]:12d}" for o in OUTCOMES) + " |"
+        row += "".join(f"{verdicts[method][v]:6d}" for v in VERDICTS)
+        lines.append(f"  {method:18s}{row}")
     return lines

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..contract import LossFn
+from .compiled import ROUND_LIKE_TORCH
 from .step import needs_x64, to_jax
 from .translation import translate
 
@@ -38,7 +39,10 @@ def evaluate(model: nn.Module, *inputs: torch.Tensor, loss_fn: LossFn | None = N
              targets: torch.Tensor | None = None, compiled: bool = False) -> Any:
     """The translated `model(*inputs)`, or `loss_fn(model(*inputs), targets)` given a loss.
 
-    `compiled=True` runs it under `jax.jit`: one compilation instead of one per operation.
+    `compiled=True` runs it under `jax.jit`: one compilation instead of one per operation, with
+    the compiled step's options (half-precision results rounded wherever torch rounds them).
+    Uncompiled, JAX compiles each operation, and each recurrent layer's scan body, with XLA's
+    defaults, which may skip a half-precision rounding in a scan body (`compiled.ROUND_LIKE_TORCH`).
     """
     args = inputs + ((targets,) if loss_fn is not None else ())
     translation = translate(model, loss_fn, len(inputs))
@@ -46,5 +50,6 @@ def evaluate(model: nn.Module, *inputs: torch.Tensor, loss_fn: LossFn | None = N
     x64 = needs_x64([*tensors.values(), *args])
     with jax.enable_x64(x64):
         weights = {name: to_jax(t, x64) for name, t in tensors.items()}
-        run = jax.jit(translation.program.run) if compiled else translation.program.run
+        run = translation.program.run
+        run = jax.jit(run, compiler_options=ROUND_LIKE_TORCH) if compiled else run
         return to_torch_tree(run(weights, *(to_jax(x, x64) for x in args)))

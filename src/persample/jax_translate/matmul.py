@@ -1,8 +1,10 @@
 """Matrix products in JAX: matmul and friends, einsum, F.linear / nn.Linear and attention.
 
 Half-precision products accumulate in float32 (`preferred_element_type`) and round once, as
-torch's GEMMs do; float32 products follow the precision chosen by the caller's
-`jax.default_matmul_precision` scope.
+torch's GEMMs do (a linear layer's bias is added before that one rounding, as torch's addmm does);
+float32 products follow the precision chosen by the caller's `jax.default_matmul_precision` scope
+(on GPUs; XLA:CPU computes float32 products in float32 whatever the precision asks, see
+docs/findings/jax-cpu-precision.md).
 """
 from __future__ import annotations
 
@@ -36,8 +38,12 @@ def einsum(equation, *operands):
 
 @translates(F.linear)
 def linear(x, weight, bias=None):
-    y = matmul(x, weight.T)
-    return y if bias is None else y + bias
+    """torch's F.linear. With a bias torch calls addmm (2-d or contiguous input), which adds the
+    bias to the float32 accumulator of a half-precision product and rounds once; so does this."""
+    if bias is None:
+        return matmul(x, weight.T)
+    y = jnp.matmul(x, weight.T, preferred_element_type=accumulator(x, weight))
+    return (y + bias).astype(jnp.result_type(x, weight, bias))
 
 
 def apply_linear(weights, x):

@@ -3,6 +3,14 @@
 Every layer and direction projects the whole sequence's inputs in one product, then scans the
 recurrent cell (torch's gate order: LSTM i, f, g, o; GRU r, z, n). Layers stack, directions
 concatenate, and the final states come back in torch's (layers x directions, N, H) order.
+
+In half precision the cells round where torch's CPU cells (aten/src/ATen/native/RNN.cpp) round:
+once per torch op, each op computed in float32. So the recurrent product and its bias are one
+rounding (addmm), the input projection is added after it, and sigmoid/tanh are evaluated in
+float32 and rounded once (`jax.nn.sigmoid` on bfloat16 would round after each of its neg, exp,
+add and divide: up to 4 roundings per gate). torch's oneDNN RNN kernel, which torch picks for
+bfloat16 on CPUs with AVX-512 (`ideep::has_bf16_type_support`), rounds differently again (float32
+gates, rounded states); the translation follows the ATen cells, the same on every CPU.
 """
 from __future__ import annotations
 
@@ -13,15 +21,21 @@ import jax.numpy as jnp
 from torch import nn
 
 from ..errors import Unsupported
-from .matmul import matmul
+from .elementwise import sigmoid, tanh
+from .matmul import linear, matmul
 from .vocabulary import translates_layer
+
+
+def recurrent_gates(h, projected, w_hh, b_hh):
+    """torch's `linear_hh(h).add_(projected)`: the recurrent product with its bias, then the input."""
+    return linear(h, w_hh, b_hh) + projected
 
 
 def lstm_cell(carry, projected, w_hh, b_hh, w_hr):
     h, c = carry
-    i, f, g, o = jnp.split(projected + matmul(h, w_hh.T) + b_hh, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    i, f, g, o = jnp.split(recurrent_gates(h, projected, w_hh, b_hh), 4, axis=-1)
+    c = sigmoid(f) * c + sigmoid(i) * tanh(g)
+    h = sigmoid(o) * tanh(c)
     h = h if w_hr is None else matmul(h, w_hr.T)
     return (h, c), h
 
@@ -29,27 +43,37 @@ def lstm_cell(carry, projected, w_hh, b_hh, w_hr):
 def gru_cell(carry, projected, w_hh, b_hh, w_hr):
     (h,) = carry
     x_r, x_z, x_n = jnp.split(projected, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(matmul(h, w_hh.T) + b_hh, 3, axis=-1)
-    r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
-    n = jnp.tanh(x_n + r * h_n)
-    h = (1 - z) * n + z * h
+    h_r, h_z, h_n = jnp.split(linear(h, w_hh, b_hh), 3, axis=-1)
+    r, z = sigmoid(h_r + x_r), sigmoid(h_z + x_z)
+    n = tanh(x_n + h_n * r)
+    h = (h - n) * z + n  # torch's order of the same update, (1 - z) * n + z * h
     return (h,), h
 
 
 def rnn_cell(carry, projected, w_hh, b_hh, w_hr, *, activation):
     (h,) = carry
-    h = activation(projected + matmul(h, w_hh.T) + b_hh)
+    h = activation(recurrent_gates(h, projected, w_hh, b_hh))
     return (h,), h
 
 
-CELLS = {"LSTM": lstm_cell, "GRU": gru_cell, "RNN_TANH": partial(rnn_cell, activation=jnp.tanh),
+CELLS = {"LSTM": lstm_cell, "GRU": gru_cell, "RNN_TANH": partial(rnn_cell, activation=tanh),
          "RNN_RELU": partial(rnn_cell, activation=jax.nn.relu)}
+
+
+def input_projection(x, w_ih, b_ih, *, transposed):
+    """torch's `linear_ih` of the whole (L, N, F) sequence. at::linear adds the bias inside addmm
+    (one rounding) for contiguous input, but after the product (two roundings) for the transposed
+    view that a batch_first (N, L, F) input becomes."""
+    if transposed and b_ih is not None:
+        return matmul(x, w_ih.T) + b_ih
+    return linear(x, w_ih, b_ih)
 
 
 def apply_recurrent(weights, x, hx=None, *, mode, num_layers, directions, batch_first, state_sizes):
     unbatched = x.ndim == 2
     x = x[:, None] if unbatched else (jnp.swapaxes(x, 0, 1) if batch_first else x)  # (L, N, F)
     batch = x.shape[1]
+    transposed = batch_first and not unbatched and x.shape[0] > 1 and batch > 1  # torch's view is not contiguous
     initial = initial_states(hx, unbatched, num_layers * directions, batch, state_sizes, x.dtype)
     cell, finals = CELLS[mode], []
     for layer in range(num_layers):
@@ -57,9 +81,8 @@ def apply_recurrent(weights, x, hx=None, *, mode, num_layers, directions, batch_
         for direction in range(directions):
             suffix = f"l{layer}" + ("_reverse" if direction else "")
             w = {name: weights.get(f"{name}_{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
-            zero = jnp.zeros((), x.dtype)
-            projected = matmul(x, w["weight_ih"].T) + (zero if w["bias_ih"] is None else w["bias_ih"])
-            step = partial(cell, w_hh=w["weight_hh"], b_hh=zero if w["bias_hh"] is None else w["bias_hh"], w_hr=w["weight_hr"])
+            projected = input_projection(x, w["weight_ih"], w["bias_ih"], transposed=layer == 0 and transposed)
+            step = partial(cell, w_hh=w["weight_hh"], b_hh=w["bias_hh"], w_hr=w["weight_hr"])
             carry = tuple(state[layer * directions + direction] for state in initial)
             final, ys = jax.lax.scan(step, carry, projected, reverse=bool(direction))
             outputs.append(ys)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 import torch.fx as fx
 from torch import nn
 
+from ..batch import CallArgs
 from ..contract import LossFn
 from ..errors import Unsupported
 from .vocabulary import layer_translator
@@ -19,17 +21,38 @@ CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 class ModelThenLoss(nn.Module):
-    """`forward(*inputs, targets)`: the per-sample losses (or the outputs when no loss is given)."""
+    """`forward(*tensor_inputs, targets)`: the per-sample losses (or the outputs without a loss).
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn | None) -> None:
+    `call` (a `CallArgs`) says where the tensor inputs go among the model's positional and keyword
+    arguments; its non-tensor values are constants of the trace. Without it, every input is positional.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn | None, call: CallArgs | None = None) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
+        self.call = call
 
     def forward(self, *args):
-        if self.loss_fn is None:
-            return self.model(*args)
-        return self.loss_fn(self.model(*args[:-1]), args[-1])
+        inputs = args if self.loss_fn is None else args[:-1]
+        outputs = self.model(*inputs) if self.call is None else fill(self.call, inputs).call(self.model)
+        return outputs if self.loss_fn is None else self.loss_fn(outputs, args[-1])
+
+
+def fill(call: CallArgs, tensors) -> CallArgs:
+    """`call` with its tensor arguments replaced, in order (positional, then keywords by name), by
+    `tensors`."""
+    supply = iter(tensors)
+    take = lambda v: next(supply) if isinstance(v, torch.Tensor) else v  # noqa: E731
+    args = tuple(take(a) for a in call.args)
+    return CallArgs(args, {k: take(call.kwargs[k]) for k in sorted(call.kwargs)})
+
+
+def tensor_inputs(call: CallArgs) -> tuple[torch.Tensor, ...]:
+    """The tensor arguments of `call`, in the order `fill` consumes them (keywords by name, so a
+    mapping's order does not matter)."""
+    values = [*call.args, *(call.kwargs[k] for k in sorted(call.kwargs))]
+    return tuple(v for v in values if isinstance(v, torch.Tensor))
 
 
 class VocabularyTracer(fx.Tracer):
@@ -51,9 +74,12 @@ def required_inputs(model: nn.Module) -> int:
     return max(1, sum(p.kind in positional and p.default is p.empty for p in parameters))
 
 
-def trace(model: nn.Module, loss_fn: LossFn | None, n_inputs: int) -> tuple[ModelThenLoss, fx.Graph]:
-    """The wrapper module and its graph: `n_inputs` input placeholders, then the targets."""
-    root = ModelThenLoss(model, loss_fn)
+def trace(model: nn.Module, loss_fn: LossFn | None, inputs: int | CallArgs) -> tuple[ModelThenLoss, fx.Graph]:
+    """The wrapper module and its graph: one placeholder per tensor input (`inputs` positional ones,
+    or those of a `CallArgs`), then the targets."""
+    call = inputs if isinstance(inputs, CallArgs) else None
+    n_inputs = len(tensor_inputs(call)) if call is not None else inputs
+    root = ModelThenLoss(model, loss_fn, call)
     placeholders = tuple(fx.PH for _ in range(n_inputs + (loss_fn is not None)))
     try:
         graph = VocabularyTracer().trace(root, concrete_args=placeholders)

@@ -11,7 +11,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..batch import CallArgs
 from ..contract import LossFn, trainable_parameters
+from ..state import preserved
 from ..errors import Unsupported
 from . import conv, creation, elementwise, layers, losses, matmul, norms, pooling, recurrent, reductions, tensors  # noqa: F401  (register)
 from .program import LayerWeights, Op, Program, Slot, Weight, template_of
@@ -34,10 +36,13 @@ class Translation:
         return self.program.key() + "\n" + "\n".join(meta)
 
 
-def translate(model: nn.Module, loss_fn: LossFn | None, n_inputs: int) -> Translation:
-    """Trace `loss_fn(model(*inputs), targets)` (or the model alone) and translate every node."""
+def translate(model: nn.Module, loss_fn: LossFn | None, inputs: int | CallArgs) -> Translation:
+    """Trace `loss_fn(model(*inputs), targets)` (or the model alone) and translate every node;
+    `inputs` is the number of positional tensor inputs, or the example batch's `CallArgs`."""
     refuse_hooks(model)
-    root, graph = trace(model, loss_fn, n_inputs)
+    refuse_parametrizations(model)
+    with preserved(model):  # tracing runs Python code on the real buffers (a `self.count += 1`)
+        root, graph = trace(model, loss_fn, inputs)
     return GraphTranslator(root, model).translate(graph)
 
 
@@ -47,6 +52,22 @@ def check_translatable(model: nn.Module) -> None:
 
 
 HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+REWEIGHTING_HOOKS = {"WeightNorm": "torch.nn.utils.weight_norm", "SpectralNorm": "torch.nn.utils.spectral_norm"}
+
+
+def refuse_parametrizations(model: nn.Module) -> None:
+    """A parametrized weight is recomputed by modules the trace does not see as weights."""
+    from torch.nn.utils import parametrize
+
+    for qualname, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            names = ", ".join(f"{name} ({', '.join(type(p).__name__ for p in plist)})"
+                              for name, plist in module.parametrizations.items())
+            raise Unsupported(
+                f"layer {qualname or '<root>'} ({type(module).__name__}) has parametrized tensors {names} "
+                "(torch.nn.utils.parametrize, e.g. parametrizations.weight_norm or spectral_norm), which "
+                "the JAX translation does not follow; use a torch method (vmap, loop)",
+                method=METHOD, layer=type(module).__name__, assumption="translatable")
 
 
 def refuse_hooks(model: nn.Module) -> None:
@@ -54,15 +75,19 @@ def refuse_hooks(model: nn.Module) -> None:
     for qualname, module in model.named_modules():
         kinds = [kind.strip("_").replace("_", " ") for kind in HOOKS if getattr(module, kind, None)]
         if kinds:
+            hooks = [type(h).__name__ for kind in HOOKS for h in getattr(module, kind).values()]
+            known = [REWEIGHTING_HOOKS[h] for h in hooks if h in REWEIGHTING_HOOKS]
+            what = f" ({', '.join(known)}, which recomputes the weight in a pre-hook)" if known else ""
             raise Unsupported(
-                f"module {qualname or '<root>'} ({type(module).__name__}) has {' and '.join(kinds)}, "
+                f"module {qualname or '<root>'} ({type(module).__name__}) has {' and '.join(kinds)}{what}, "
                 "which the JAX translation would not run; remove them (handle.remove()) before "
-                "computing per-sample gradients, or use a torch method", method=METHOD)
+                "computing per-sample gradients, or use a torch method (vmap, loop)", method=METHOD,
+                layer=type(module).__name__, assumption="translatable")
     for name, param in model.named_parameters():
         if getattr(param, "_backward_hooks", None):
             raise Unsupported(
                 f"parameter {name} has a gradient hook (Tensor.register_hook), which the JAX "
-                "translation would not run; remove it, or use a torch method", method=METHOD)
+                "translation would not run; remove it, or use a torch method", method=METHOD, assumption="translatable")
 
 
 class GraphTranslator:

@@ -9,6 +9,7 @@ Implicit im2col: grid n × groups × o-blocks × ck-blocks (flat); a program gat
 window of the input straight from x (out-of-range positions read as the zero padding), multiplies
 it with the BLOCK_O × BLOCK_L tile of g in float32 and writes its gW tile once. The unfolded
 input never exists in memory. Padding modes other than zeros pad x first (one copy of x).
+x and g may differ in dtype (autocast): `mma` casts both tiles in registers to their common dtype.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from torch import nn
 
 from ..rules.conv import padded
 from .registry import register_kernel
-from .tuning import autotuned, check_device, config, dot_precision, mma, trainable_outputs
+from .tuning import autotuned, check_device, config, dot_operands, mma, trainable_outputs
 
-GPU_CONFIGS = [  # none spills registers in an sm_90 build (python -m persample.kernels.aot)
+GPU_CONFIGS = [  # none spills registers in an sm_90 build, for any feed (python -m persample.kernels.aot)
     config(BLOCK_O=64, BLOCK_CK=64, BLOCK_L=32, num_warps=8, num_stages=2),
     config(BLOCK_O=64, BLOCK_CK=64, BLOCK_L=64, num_warps=8, num_stages=3),
     config(BLOCK_O=128, BLOCK_CK=64, BLOCK_L=32, num_warps=8, num_stages=3),
@@ -37,7 +38,8 @@ def _conv_grads_kernel(
     C_GROUP, O_GROUP, CK, L, GROUPS,
     D, H, W, OH, OW, KH, KW,
     stride_d, stride_h, stride_w, pad_d, pad_h, pad_w, dil_d, dil_h, dil_w,
-    K: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    K: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_CK: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     blocks_ck = tl.cdiv(CK, BLOCK_CK) if HAS_WEIGHT else 1
@@ -70,7 +72,7 @@ def _conv_grads_kernel(
             live = inside & (l[:, None] < L) & (ck[None, :] < CK)
             corner = (corner_d * H + corner_h) * W + corner_w
             cols = tl.load(x_group + corner[:, None] + x_shift[None, :], mask=live, other=0.0)
-            weight = mma(g, cols, weight, PRECISION)
+            weight = mma(g, cols, weight, OPERANDS, PRECISION)
         if HAS_BIAS:
             bias += tl.sum(g.to(tl.float32), axis=1)
     rows = n.to(tl.int64) * out_channels + group * O_GROUP + o
@@ -104,12 +106,13 @@ def conv_grads(
 ) -> dict[str, torch.Tensor]:
     """Per-sample gW (n, *weight.shape) and gb (n, out_channels) of a convolution module."""
     check_device(x, grad_out)
-    if module.padding_mode != "zeros":  # reflect/replicate/circular: pad explicitly, then pad 0
-        x = padded(module, x)
-    x, grad_out, n = x.contiguous(), grad_out.contiguous(), x.shape[0]
+    dot, n = dot_operands("conv", x.dtype, grad_out.dtype), x.shape[0]
     grads = trainable_outputs(module, x, n, out)
     if n == 0 or not grads:
         return grads
+    if module.padding_mode != "zeros":  # reflect/replicate/circular: pad explicitly, then pad 0
+        x = padded(module, x)
+    x, grad_out = x.contiguous(), grad_out.contiguous()
     groups, (out_channels, c_group) = module.groups, module.weight.shape[:2]
     kernel = _as_3d(module.kernel_size, 1)
     ck, positions = c_group * kernel[0] * kernel[1] * kernel[2], grad_out[0, 0].numel()
@@ -124,8 +127,7 @@ def conv_grads(
         c_group, out_channels // groups, ck, positions, groups,
         *_as_3d(x.shape[2:], 1), *_as_3d(grad_out.shape[2:], 1)[1:], *kernel[1:],
         *_as_3d(module.stride, 1), *_as_3d(_left_padding(module), 0), *_as_3d(module.dilation, 1),
-        K=kernel[0] * kernel[1] * kernel[2], HAS_WEIGHT=has_weight, HAS_BIAS="bias" in grads,
-        PRECISION=dot_precision("conv", x.dtype),
+        K=kernel[0] * kernel[1] * kernel[2], HAS_WEIGHT=has_weight, HAS_BIAS="bias" in grads, **dot,
     )
     return grads
 

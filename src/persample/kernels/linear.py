@@ -6,6 +6,7 @@ gb[n,o]   = Σ_t g[n,t,o]            (fused: summed from the g tiles the GEMM al
 Grid n × o-blocks × i-blocks (flat, sample-major): each program owns a BLOCK_O × BLOCK_I tile of
 one sample's gW, accumulates it in float32 over token blocks with `tl.dot` (tensor cores for half
 inputs), and writes it once in the parameter dtype. The first i-block also writes the bias rows.
+x and g may differ in dtype (autocast): `mma` casts both tiles in registers to their common dtype.
 """
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ import triton.language as tl
 from torch import nn
 
 from .registry import register_kernel
-from .tuning import autotuned, check_device, config, dot_precision, mma, preallocated
+from .tuning import autotuned, check_device, config, dot_operands, mma, preallocated
 
-GPU_CONFIGS = [
-    config(BLOCK_O=128, BLOCK_I=128, BLOCK_T=32, num_warps=8, num_stages=3),
+GPU_CONFIGS = [  # none spills registers in an sm_90 build, for any feed (python -m persample.kernels.aot)
+    config(BLOCK_O=128, BLOCK_I=128, BLOCK_T=32, num_warps=8, num_stages=2),
     config(BLOCK_O=64, BLOCK_I=128, BLOCK_T=32, num_warps=4, num_stages=3),
-    config(BLOCK_O=64, BLOCK_I=64, BLOCK_T=64, num_warps=4, num_stages=3),
-    config(BLOCK_O=32, BLOCK_I=128, BLOCK_T=16, num_warps=4, num_stages=2),
+    config(BLOCK_O=64, BLOCK_I=64, BLOCK_T=64, num_warps=8, num_stages=3),
+    config(BLOCK_O=32, BLOCK_I=128, BLOCK_T=16, num_warps=4, num_stages=3),
 ]
 
 
@@ -32,7 +33,7 @@ def _linear_grads_kernel(
     T, I, O,
     stride_xn, stride_xt, stride_xi,
     stride_gn, stride_gt, stride_go,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     blocks_i = tl.cdiv(I, BLOCK_I) if HAS_WEIGHT else 1
@@ -50,7 +51,7 @@ def _linear_grads_kernel(
         g = tl.load(g_cols + t[None, :] * stride_gt, mask=(o[:, None] < O) & (t[None, :] < T), other=0.0)
         if HAS_WEIGHT:
             x = tl.load(x_rows + t[:, None] * stride_xt, mask=(t[:, None] < T) & (i[None, :] < I), other=0.0)
-            weight = mma(g, x, weight, PRECISION)
+            weight = mma(g, x, weight, OPERANDS, PRECISION)
         if HAS_BIAS:
             bias += tl.sum(g.to(tl.float32), axis=1)
     if HAS_WEIGHT:
@@ -75,9 +76,8 @@ def linear_grads(
     `dtype` is the output dtype (default x's); `out` may hold preallocated "weight"/"bias" tensors.
     """
     check_device(x, grad_out)
-    x3 = x.reshape(x.shape[0], -1, x.shape[-1])
-    g3 = grad_out.reshape(grad_out.shape[0], -1, grad_out.shape[-1])
-    (n, t, i), o = x3.shape, g3.shape[-1]
+    dot = dot_operands("matmul", x.dtype, grad_out.dtype)
+    n, i, o = x.shape[0], x.shape[-1], grad_out.shape[-1]
     dtype = dtype or x.dtype
     grads = {}
     if weight:
@@ -86,6 +86,8 @@ def linear_grads(
         grads["bias"] = preallocated(out, "bias", (n, o), x, dtype)
     if not grads or n == 0:
         return grads
+    x3, g3 = x.reshape(n, -1, i), grad_out.reshape(n, -1, o)
+    t = x3.shape[1]
 
     def grid(meta):
         blocks_i = triton.cdiv(i, meta["BLOCK_I"]) if weight else 1
@@ -94,7 +96,7 @@ def linear_grads(
     _linear_grads_kernel[grid](
         x3, g3, grads.get("weight", g3), grads.get("bias", g3),
         t, i, o, *x3.stride(), *g3.stride(),
-        HAS_WEIGHT=weight, HAS_BIAS=bias, PRECISION=dot_precision("matmul", x.dtype),
+        HAS_WEIGHT=weight, HAS_BIAS=bias, **dot,
     )
     return grads
 

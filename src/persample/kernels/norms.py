@@ -5,7 +5,8 @@ s spatial positions. x̂ is recomputed in float32 from the saved input:
 row kind      x̂[n,r,f] = (x − μ[n,r]) · rstd[n,r]   gγ[n,f] = Σ_r g ⊙ x̂,  gβ[n,f] = Σ_r g
 channel kind  x̂[n,c,s] = (x − μ[n,c∈group]) · rstd  gγ[n,c] = Σ_s g ⊙ x̂,  gβ[n,c] = Σ_s g
 (RMSNorm: μ = 0 and rstd = 1/√(mean x² + ε).) Moments are combined across blocks with Chan's
-parallel formula, so no one-pass Σx² − (Σx)² cancellation.
+parallel formula, so no one-pass Σx² − (Σx)² cancellation. Every load is cast to float32, so x and
+g may differ in dtype (autocast runs these layers in float32 on half inputs).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import triton.language as tl
 from torch import nn
 
 from .registry import register_kernel
-from .tuning import check_device, trainable_outputs
+from .tuning import check_device, common_dtype, trainable_outputs
 
 MAX_ROW_BLOCK = 4096
 """Rows up to this many features are normalised inside the gradient kernel (one read of x)."""
@@ -60,15 +61,16 @@ def _row_affine_grads_kernel(
     blocks = tl.cdiv(F, BLOCK_F)
     n = (tl.program_id(0) // blocks).to(tl.int64)
     f = (tl.program_id(0) % blocks) * BLOCK_F + tl.arange(0, BLOCK_F)
+    x_sample, g_sample = x_ptr + n * R * F, g_ptr + n * R * F
     weight = tl.zeros((BLOCK_F,), dtype=tl.float32)
     bias = tl.zeros((BLOCK_F,), dtype=tl.float32)
     for r0 in range(0, R, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
         live = (r[:, None] < R) & (f[None, :] < F)
-        offsets = n * R * F + r[:, None] * F + f[None, :]
-        g = tl.load(g_ptr + offsets, mask=live, other=0.0).to(tl.float32)
+        offsets = r[:, None] * F + f[None, :]  # within the sample: 32-bit
+        g = tl.load(g_sample + offsets, mask=live, other=0.0).to(tl.float32)
         if HAS_WEIGHT:
-            x = tl.load(x_ptr + offsets, mask=live, other=0.0).to(tl.float32)
+            x = tl.load(x_sample + offsets, mask=live, other=0.0).to(tl.float32)
             if INLINE_STATS:  # the tile holds whole rows: two-pass moments in registers
                 mean = tl.sum(x, axis=1) / F if CENTER else tl.zeros((BLOCK_R,), dtype=tl.float32)
                 centred = tl.where(live, x - mean[:, None], 0.0)
@@ -133,6 +135,7 @@ def row_norm_grads(
 ) -> dict[str, torch.Tensor]:
     """gγ, gβ of LayerNorm/RMSNorm; rows longer than `max_row_block` get a separate moments pass."""
     check_device(x, grad_out)
+    common_dtype(x.dtype, grad_out.dtype)  # refuses a pair no model feeds
     x, grad_out, n = x.contiguous(), grad_out.contiguous(), x.shape[0]
     features = math.prod(module.normalized_shape)
     rows = x.numel() // max(n * features, 1)
@@ -162,8 +165,9 @@ def channel_norm_grads(
 ) -> dict[str, torch.Tensor]:
     """gγ, gβ of GroupNorm/InstanceNorm (per-instance or running statistics)."""
     check_device(x, grad_out)
+    common_dtype(x.dtype, grad_out.dtype)  # refuses a pair no model feeds
     x, grad_out, (n, channels) = x.contiguous(), grad_out.contiguous(), x.shape[:2]
-    spatial = x[0, 0].numel()
+    spatial = math.prod(x.shape[2:])
     groups = module.num_groups if isinstance(module, nn.GroupNorm) else channels
     grads = trainable_outputs(module, x, n, out)
     if n == 0 or not grads:

@@ -1,4 +1,5 @@
-"""How the kernels are launched: autotuning on GPUs, Triton's CPU interpreter, matmul precision, outputs.
+"""How the kernels are launched: autotuning on GPUs, Triton's CPU interpreter, operand dtypes and
+matmul precision, outputs.
 
 `triton.jit` picks the interpreter when the kernel is decorated, so whether these kernels are
 interpreted is decided once, when this package is imported (TRITON_INTERPRET=1 at that moment).
@@ -18,16 +19,17 @@ _FLOAT32_OPERANDS = tl.constexpr(INTERPRETED)
 
 
 @triton.jit
-def mma(a, b, acc, PRECISION: tl.constexpr):
-    """acc + a @ b accumulated in float32 (tensor cores for half operands on a GPU).
+def mma(a, b, acc, OPERANDS: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + a @ b accumulated in float32, both operands cast in registers to OPERANDS (the host's
+    `dot_operands`), so tiles loaded in different dtypes meet in one (tensor cores for half ones).
 
     Triton's interpreter multiplies bfloat16 operands as their uint16 bit patterns, so there the
-    operands are upcast first; the exact products are the same, so the result is too.
+    operands, rounded to OPERANDS, are upcast: the exact products are the same, so the result is too.
     """
     if _FLOAT32_OPERANDS:
-        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        acc = tl.dot(a.to(OPERANDS).to(tl.float32), b.to(OPERANDS).to(tl.float32), acc, input_precision="ieee")
     else:
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = tl.dot(a.to(OPERANDS), b.to(OPERANDS), acc, input_precision=PRECISION)
     return acc
 
 
@@ -38,6 +40,57 @@ def autotuned(gpu: list[triton.Config], interpreted: triton.Config, key: list[st
 
 def config(num_warps: int = 4, num_stages: int = 2, **blocks: int) -> triton.Config:
     return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages)
+
+
+DATA_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+"""The dtypes of x and grad_out the kernels take, with Triton's names for them."""
+
+FEEDS: tuple[tuple[torch.dtype, torch.dtype, torch.dtype], ...] = (
+    *((d, d, d) for d in DATA_DTYPES),
+    *(
+        feed
+        for half in (torch.bfloat16, torch.float16)
+        for feed in (
+            (torch.float32, half, torch.float32),
+            (half, torch.float32, torch.float32),
+            (half, half, torch.float32),
+        )
+    ),
+)
+"""(x, grad_out, parameter) dtypes a model feeds a kernel. Without autocast all three agree. Under
+`torch.autocast(dtype=half)` float32 parameters meet: a Linear/conv whose input is float32 (the
+model's input, a float32 layer's output) makes a half output, (float32, half); one whose input is
+a half layer's output, (half, half); a LayerNorm/GroupNorm run in float32 on a half input (CUDA
+autocast), (half, float32); an Embedding's grad_out is its output's dtype. bfloat16 never meets
+float16. The parameter dtype enters only the final store's cast."""
+
+
+def common_dtype(x: torch.dtype, grad_out: torch.dtype) -> torch.dtype:
+    """The dtype in which x and grad_out meet in a kernel: their promotion (half where both are
+    the same half type, else float32). Refuses dtypes the kernels do not take and bfloat16 with
+    float16, which no model feeds (promotion would silently pick float32)."""
+    for role, dtype in (("x", x), ("grad_out", grad_out)):
+        if dtype not in DATA_DTYPES:
+            raise ValueError(f"the Triton kernels take float32, bfloat16 or float16 tensors; {role} is {dtype}")
+    if {x, grad_out} == {torch.bfloat16, torch.float16}:
+        raise ValueError(
+            f"x is {x} and grad_out is {grad_out}: the kernels do not mix bfloat16 with float16 "
+            "(no autocast feeds that pair); cast one of them"
+        )
+    return torch.promote_types(x, grad_out)
+
+
+def dot_operands(kind: str, x: torch.dtype, grad_out: torch.dtype) -> dict[str, object]:
+    """The constexprs of a product kernel (for `mma`) fed x and grad_out of these dtypes: OPERANDS,
+    their `common_dtype` in Triton's terms, and PRECISION: for one dtype its `dot_precision` for
+    this kind; for a float32/half pair (autocast) "tf32", on tensor cores. tf32 holds the half
+    operand exactly and rounds the float32 one to 10 bits, no coarser than the half one's own (7 or
+    10; autocast's own weight gradient rounds it to the half type), so the result stays within the
+    half type's precision; Triton's ieee float32 product of such a pair spills registers on sm_90.
+    """
+    dtype = common_dtype(x, grad_out)
+    precision = dot_precision(kind, dtype) if x == grad_out else "tf32"
+    return {"OPERANDS": DATA_DTYPES[dtype], "PRECISION": precision}
 
 
 def dot_precision(kind: str, dtype: torch.dtype) -> str:

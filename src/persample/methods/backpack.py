@@ -16,8 +16,9 @@ from contextlib import AbstractContextManager
 
 from torch import nn
 
+from ..assumptions import LAYER_RULES
+from ..capabilities import Finding, Refusal
 from ..contract import trainable_owners
-from ..errors import Unsupported
 from .peer_support import Forward, PeerMethod
 from .registry import Capabilities, register
 
@@ -48,27 +49,12 @@ class BackpackMethod(PeerMethod):
         summary="BackPACK: BatchGrad extension fills param.grad_batch in backward",
         layers=BATCH_GRAD_LAYERS,
         requires=(("backpack", "backpack-for-pytorch"),),
+        refusals=(Refusal(LAYER_RULES.id, "layers outside BatchGrad's module map (exact classes), and those "
+                          "BackPACK's own parameter checks refuse", lambda model, device, dtype: unextended_layer(model)),),
         peer=True,
         notes=NOTES,
     )
     savefield = "grad_batch"
-
-    def find_unsupported(self, model: nn.Module) -> Unsupported | None:
-        for qualname, module in trainable_owners(model):
-            kind = type(module).__name__
-            if type(module) not in BATCH_GRAD_LAYERS:
-                return Unsupported(
-                    f"layer {qualname or '<root>'} ({kind}) has no BatchGrad extension; BackPACK keys on "
-                    f"the exact class ({self.capabilities.layer_vocabulary()})",
-                    method=self.name, layer=kind,
-                )
-            refusal = backpack_refusal(module)
-            if refusal:
-                return Unsupported(
-                    f"layer {qualname or '<root>'} ({kind}) is refused by BackPACK: {refusal}",
-                    method=self.name, layer=kind,
-                )
-        return None
 
     def wrap(self, clone: nn.Module) -> Forward:
         from backpack import extend
@@ -83,6 +69,19 @@ class BackpackMethod(PeerMethod):
         from backpack.extensions import BatchGrad
 
         return backpack(BatchGrad())
+
+
+def unextended_layer(model: nn.Module) -> Finding | None:
+    """The first trainable layer BackPACK's BatchGrad does not handle, by its exact class or its
+    own parameter checks."""
+    names = ", ".join(sorted(t.__name__ for t in BATCH_GRAD_LAYERS))
+    for qualname, module in trainable_owners(model):
+        if type(module) not in BATCH_GRAD_LAYERS:
+            return Finding(f"has no BatchGrad extension; BackPACK keys on the exact class ({names})", qualname, module)
+        refused = backpack_refusal(module)
+        if refused:
+            return Finding(f"is refused by BackPACK: {refused}", qualname, module)
+    return None
 
 
 def backpack_refusal(module: nn.Module) -> str | None:

@@ -19,11 +19,19 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..contract import Batch, LossFn, as_tuple, trainable_parameters
-from ..errors import Unsupported
-from ..rules import LayerRule, rule_for, rule_types
-from .registry import Capabilities, Method, Step, register
-from .rule_based import missing_rule, owners_with_rules
+from .. import checks
+from ..assumptions import MATCHES_DEFINITION
+from ..batch import CallArgs
+from ..capabilities import Finding, refusal
+from ..contract import Batch, LossFn, trainable_parameters
+from ..gradients import gradients
+from ..rules import LayerRule, rule_types
+from ..state import preserved
+from .hooks import IDENTITY_HINT
+from .registry import Capabilities, register
+from .rule_based import REFUSALS, RELIES_ON, RuleBasedMethod, owners_with_rules
+
+LOSS_RELATIVE = 1e-5  # the expanded forward computes the model's own losses, up to rounding
 
 
 @contextmanager
@@ -33,7 +41,8 @@ def per_sample_forwards(
     """Temporarily route each module's forward through its rule's expanded form.
 
     Frozen parameters of these modules are expanded too (the formulas take per-sample weights)
-    but carry no gradient.
+    but carry no gradient. Keep the block open through the backward pass: activation
+    checkpointing recomputes forwards there.
     """
     for module, rule in rules.items():
         weights = {
@@ -55,34 +64,57 @@ def _bound(rule: LayerRule, module: nn.Module, weights: dict[str, torch.Tensor])
     return forward
 
 
+def expanded_step(model: nn.Module, loss_fn: LossFn, rules, params, call: CallArgs, targets: torch.Tensor,
+                  expanded: dict[int, torch.Tensor], retain_graph: bool = False):
+    """(per-sample gradients, losses) from one expanded forward and one backward."""
+    batch = targets.shape[0]
+    with per_sample_forwards(rules, expanded, batch):
+        losses = loss_fn(call.call(model), targets)
+        leaves = [expanded[id(p)] for p in params.values()]
+        grads = gradients(losses.sum(), leaves, retain_graph=retain_graph)
+    return dict(zip(params, grads)), losses
+
+
 @register
-class ExpandMethod(Method):
+class ExpandMethod(RuleBasedMethod):
     capabilities = Capabilities(
         name="expand",
         summary="per-sample expanded weights; autograd returns per-sample gradients",
         layers=rule_types(),
+        relies_on=RELIES_ON,
+        refusals=REFUSALS,
     )
 
-    def find_unsupported(self, model: nn.Module) -> Unsupported | None:
-        return missing_rule(model, self.name)
-
-    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch) -> Step:
+    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch):
         rules = owners_with_rules(model)
         params = trainable_parameters(model)
 
-        def step(inputs, targets) -> dict[str, torch.Tensor]:
+        def step(call: CallArgs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
             batch = targets.shape[0]
-            expanded = {
-                id(p): p.detach().unsqueeze(0).expand(batch, *p.shape).requires_grad_()
-                for p in params.values()
-            }
-            with per_sample_forwards(rules, expanded, batch):
-                losses = loss_fn(model(*as_tuple(inputs)), targets)
-            leaves = [expanded[id(p)] for p in params.values()]
-            grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
-            return {
-                name: torch.zeros_like(leaf) if grad is None else grad
-                for name, leaf, grad in zip(params, leaves, grads)
-            }
+            expanded = {id(p): p.detach().unsqueeze(0).expand(batch, *p.shape).requires_grad_() for p in params.values()}
+            return expanded_step(model, loss_fn, rules, params, call, targets, expanded)[0]
 
         return step
+
+    def _self_check(self, context: checks.CheckContext, raw) -> None:
+        """Σᵢ wᵢ gᵢ against the plain model's gradient of Σᵢ wᵢ ℓᵢ, and the expanded forward's
+        losses against the plain forward's (the rules' batched forms compute the same model). A
+        forward that draws random numbers is held against its own graph instead (same masks)."""
+        model, params, batch = context.check_model, context.params, context.batch_size
+        observed = context.observation()
+        random = observed.draws_random_numbers
+        expanded = {id(p): p.unsqueeze(0).expand(batch, *p.shape) if random
+                    else p.detach().unsqueeze(0).expand(batch, *p.shape).requires_grad_() for p in params.values()}
+        with preserved(model), checks.context.no_autocast(), torch.enable_grad():
+            per_sample, losses = expanded_step(model, context.loss_fn, owners_with_rules(model), params,
+                                               context.check_call, context.check_targets, expanded, retain_graph=random)
+            if random:
+                checks.weighted_identity(context, per_sample, losses, IDENTITY_HINT)
+                return
+        plain = observed.losses.detach()
+        difference = (losses.detach() - plain).abs().max().item()
+        if difference > LOSS_RELATIVE * max(plain.abs().max().item(), 1e-30):
+            raise refusal(Finding(
+                f"computes other losses than the model with its layers' batched forms (off by {difference:.3g}): "
+                "a layer's forward is not the one its rule describes"), MATCHES_DEFINITION.id, self.name)
+        checks.weighted_identity(context, per_sample, observed.losses, IDENTITY_HINT)

@@ -2,7 +2,8 @@
 respect to its output, then apply the layer's rule (Goodfellow's outer-product trick).
 
 One ordinary backward pass gives every layer's output gradient; since sample i's output only
-affects loss i, the rule turns (input, output gradient) into exact per-sample gradients.
+affects loss i, the rule turns (input, output gradient) into exact per-sample gradients. Before
+that holds for a model, `prepare` checks it on the example batch (`persample.checks`).
 
     >>> import torch, persample
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
@@ -13,100 +14,107 @@ affects loss i, the rule turns (input, output gradient) into exact per-sample gr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from ..contract import Batch, LossFn, as_tuple, trainable_parameters
-from ..errors import Unsupported
-from ..rules import LayerRule, rule_for, rule_types
-from .registry import Capabilities, Method, Step, register
-from .rule_based import RuleLookup, missing_rule, owners_with_rules
+from .. import checks
+from ..assumptions import INTACT_OUTPUTS
+from ..batch import CallArgs
+from ..capabilities import Finding, refusal
+from ..contract import Batch, LossFn, trainable_parameters
+from ..observe import LayerCall
+from ..rules import LayerRule, rule_types
+from .registry import Capabilities, register
+from ..assumptions import PLAIN_FORWARD
+from .rule_based import REFUSALS, RELIES_ON, RuleBasedMethod, RuleLookup, owners_with_rules
+
+IDENTITY_HINT = (
+    "A parameter reaches the loss other than through the calls of the layer that owns it, or a "
+    "layer's input is shared by all samples; use vmap, jax or loop"
+)
 
 
-@dataclass
-class Capture:
-    module: nn.Module
-    rule: LayerRule
-    input: torch.Tensor
-    output: torch.Tensor
-    version: int
-
-
-def capture_forward(model: nn.Module, rules: dict[nn.Module, LayerRule], inputs) -> tuple[torch.Tensor, list[Capture]]:
-    """Run the model, recording (input, output) of every call of every module in `rules`."""
-    captures: list[Capture] = []
+def capture_calls(model: nn.Module, layers, call: CallArgs) -> tuple[object, list[LayerCall]]:
+    """Run the model, recording (input, own output) of every call of every module in `layers`."""
+    calls: list[LayerCall] = []
 
     def record(module, args, output):
-        captures.append(Capture(module, rules[module], args[0], output, output._version))
+        calls.append(LayerCall(module, "", args[0], output, output._version, torch.is_grad_enabled(), None))
 
-    handles = [module.register_forward_hook(record) for module in rules]
+    handles = [module.register_forward_hook(record, prepend=True) for module in layers]
     try:
-        outputs = model(*inputs)
+        outputs = call.call(model)
     finally:
         for handle in handles:
             handle.remove()
-    return outputs, captures
+    return outputs, calls
 
 
-def accumulate(
-    params: dict[str, nn.Parameter], captures: list[Capture], grad_outputs, batch: int
+def grads_from_calls(
+    params: dict[str, nn.Parameter],
+    calls: list[LayerCall],
+    losses: torch.Tensor,
+    lookup: RuleLookup,
+    method: str,
+    *,
+    retain_graph: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Apply each capture's rule and sum contributions per parameter (tied or reused layers)."""
+    """Each call's rule applied to (input, ∂Σℓ/∂output), summed per parameter (reused or tied
+    layers add up); a parameter that no call reached gets zeros. Calls whose output carries no
+    gradient (made under torch.no_grad()) contribute nothing."""
+    live = [c for c in calls if isinstance(c.output, torch.Tensor) and c.output.requires_grad]
+    grad_outputs = torch.autograd.grad(losses.sum(), [c.output for c in live], allow_unused=True,
+                                       retain_graph=retain_graph) if live else []
+    _check_outputs_intact(live, method)
+    batch = losses.shape[0]
+    rules: dict[nn.Module, LayerRule] = {}
     by_param: dict[int, torch.Tensor] = {}
-    for capture, grad_out in zip(captures, grad_outputs):
+    for call, grad_out in zip(live, grad_outputs):
         if grad_out is None:  # this call's output does not reach the loss
             continue
-        for local, grad in capture.rule.grad_sample(capture.module, capture.input, grad_out).items():
-            param = getattr(capture.module, local)
-            if param.requires_grad:
+        rule = rules.setdefault(call.module, lookup(call.module))
+        for local, grad in rule.grad_sample(call.module, call.input, grad_out).items():
+            param = getattr(call.module, local)
+            if isinstance(param, nn.Parameter) and param.requires_grad:
                 key = id(param)
                 by_param[key] = grad if key not in by_param else by_param[key] + grad
-    # A parameter no call reached gets zeros (allocated only then: a `get` default would be
-    # allocated for every parameter, doubling the peak memory).
+    # Zeros only for parameters no call reached (a `get` default would allocate them for every
+    # parameter, doubling the peak memory).
     return {
         name: by_param[id(p)] if id(p) in by_param else p.new_zeros(batch, *p.shape)
         for name, p in params.items()
     }
 
 
-def check_not_modified_in_place(captures: list[Capture], method: str) -> None:
-    for capture in captures:
-        if capture.output._version != capture.version:
-            kind = type(capture.module).__name__
-            raise Unsupported(
-                f"the output of a {kind} layer is modified in place by a later operation "
-                "(e.g. ReLU(inplace=True)), which destroys the output gradient this method "
-                "needs. Fix: use the out-of-place operation (inplace=False).",
-                method=method,
-                layer=kind,
-            )
+def _check_outputs_intact(calls: list[LayerCall], method: str) -> None:
+    for call in calls:
+        if call.output._version != call.output_version:
+            raise refusal(Finding(
+                "has its output modified in place by a later operation (e.g. ReLU(inplace=True)), which "
+                "destroys the output gradient this method needs", call.qualname or None, call.module),
+                INTACT_OUTPUTS.id, method)
 
 
-class HooksLikeMethod(Method):
+class HooksLikeMethod(RuleBasedMethod):
     """Forward capture + output gradients + a rule per layer; subclasses pick the rules."""
 
-    def rule_lookup(self) -> RuleLookup:
-        return rule_for
-
-    def find_unsupported(self, model: nn.Module) -> Unsupported | None:
-        return missing_rule(model, self.name, self.rule_lookup())
-
-    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch) -> Step:
-        rules = owners_with_rules(model, self.rule_lookup())
+    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch):
+        layers = list(owners_with_rules(model, self.rule_lookup()))
         params = trainable_parameters(model)
+        lookup, name = self.rule_lookup(), self.name
 
-        def step(inputs, targets) -> dict[str, torch.Tensor]:
-            outputs, captures = capture_forward(model, rules, as_tuple(inputs))
-            losses = loss_fn(outputs, targets)
-            grad_outputs = torch.autograd.grad(
-                losses.sum(), [c.output for c in captures], allow_unused=True
-            )
-            check_not_modified_in_place(captures, self.name)
-            return accumulate(params, captures, grad_outputs, targets.shape[0])
+        def step(call: CallArgs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+            outputs, calls = capture_calls(model, layers, call)
+            return grads_from_calls(params, calls, loss_fn(outputs, targets), lookup, name)
 
         return step
+
+    def _self_check(self, context: checks.CheckContext, raw) -> None:
+        observed = context.observation()
+        with checks.context.no_autocast():
+            per_sample = grads_from_calls(context.params, observed.calls, observed.losses, self.rule_lookup(),
+                                          self.name, retain_graph=True)
+        checks.weighted_identity(context, per_sample, observed.losses, IDENTITY_HINT)
 
 
 @register
@@ -115,4 +123,6 @@ class HooksMethod(HooksLikeMethod):
         name="hooks",
         summary="forward hooks + output gradients + per-layer rules (Goodfellow's trick)",
         layers=rule_types(),
+        relies_on=(*RELIES_ON, PLAIN_FORWARD.id),
+        refusals=REFUSALS,
     )

@@ -3,6 +3,12 @@
 torch.fx traces the model and its loss into one graph, which is re-expressed with jax.numpy and
 jax.lax, taking the weights as arguments; JAX then differentiates the single-sample loss, vectorises
 it over the batch and XLA compiles the whole step once per input shape (cached across prepares).
+What the translation cannot express faithfully is refused when preparing, by name: a custom
+autograd Function (JAX would differentiate its forward, not run its backward), a region under
+torch.no_grad(), a derivative taken inside forward, parametrizations and hooks. Every compile of
+the step passes `compiler_options={"xla_allow_excess_precision": False}` (per compilation, never
+process-wide), so half-precision results round wherever torch's ops round; on XLA:CPU float32
+products and convolutions are always computed in float32 (docs/findings/jax-cpu-precision.md).
 
 On a GPU, JAX preallocates 75% of the memory at its first use: set the environment variable
 XLA_PYTHON_CLIENT_PREALLOCATE=false when JAX shares a process with torch measurements.
@@ -19,10 +25,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..contract import Batch, LossFn, as_tuple, trainable_parameters
+from .. import checks
+from ..assumptions import AUTOGRAD_FUNCTIONS, GRAD_MODE, MATCHES_DEFINITION, PLAIN_FORWARD, SETTING, TRANSLATABLE
+from ..batch import CallArgs
+from ..capabilities import Finding, Refusal
+from ..contract import Batch, LossFn, trainable_parameters
 from ..errors import Unsupported
 from ..jax_translate.vocabulary import LAYER_TYPES
-from .registry import Capabilities, Method, Step, register
+from .registry import Capabilities, Method, register
 
 NOTES = (
     "Layers outside the list are traced through with torch.fx: a custom module works when its "
@@ -32,51 +42,73 @@ NOTES = (
 )
 
 
+def _backend(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Finding | None:
+    if device.type == "cpu":
+        return None
+    from ..jax_translate.step import jax_backend_problem
+
+    reason = jax_backend_problem(device)
+    return Finding(reason) if reason else None
+
+
+def _untranslatable(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Finding | None:
+    """Trace and translate the model's forward (no compile); the loss is checked in prepare."""
+    from ..jax_translate.translation import check_translatable
+
+    try:
+        check_translatable(model)
+    except Unsupported as unsupported:
+        return Finding(unsupported.reason)
+    return None
+
+
 @register
 class JaxMethod(Method):
     capabilities = Capabilities(
         name="jax",
         summary="torch.fx translation to JAX: jax.jit(jax.vmap(jax.grad(loss of one sample)))",
         framework="jax",
-        layers=LAYER_TYPES,
         requires=(("jax", "jax"),),
-        notes=NOTES,
+        relies_on=(TRANSLATABLE.id, GRAD_MODE.id, AUTOGRAD_FUNCTIONS.id, PLAIN_FORWARD.id, MATCHES_DEFINITION.id),
+        refusals=(
+            Refusal(SETTING.id, "devices JAX has no backend for here", _backend),
+            Refusal(TRANSLATABLE.id, "forwards torch.fx cannot trace, operations outside the vocabulary, "
+                    "parametrizations, module hooks", _untranslatable),
+        ),
+        notes=NOTES + " Layers translated whole: " + ", ".join(sorted(t.__name__ for t in LAYER_TYPES)) + ".",
     )
+    takes_call_args = True
 
     def __init__(self, optimize: bool = True) -> None:
         """`optimize=False` has XLA compile about twice as fast and run slower: for one-off calls."""
         self.optimize = optimize
 
-    def problem(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> Unsupported | None:
-        found = super().problem(model, device, dtype)
-        if found is not None or device.type == "cpu":
-            return found
-        from ..jax_translate.step import jax_backend_problem
-
-        reason = jax_backend_problem(device)
-        return Unsupported(reason, method=self.name) if reason else None
-
-    def find_unsupported(self, model: nn.Module) -> Unsupported | None:
-        """Trace and translate the model's forward (no compile); the loss is checked in prepare."""
-        reason = self.unavailable_reason()
-        if reason:
-            return Unsupported(reason, method=self.name)
-        from ..jax_translate.translation import check_translatable
-
-        try:
-            check_translatable(model)
-        except Unsupported as unsupported:
-            return unsupported
-        return None
-
-    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch) -> Step:
+    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch):
         from ..jax_translate.step import PerSampleStep, needs_x64
+        from ..jax_translate.tracing import tensor_inputs
         from ..jax_translate.translation import translate
 
-        inputs, targets = example_batch
-        translation = translate(model, loss_fn, len(as_tuple(inputs)))
+        call, targets = example_batch
+        try:
+            translation = translate(model, loss_fn, call)
+        except Unsupported as unsupported:
+            raise Unsupported(unsupported.reason, method=self.name, layer=unsupported.layer,
+                              assumption=unsupported.assumption or TRANSLATABLE.id) from None
         device = next(iter(trainable_parameters(model).values())).device
-        tensors = [*translation.trainable.values(), *translation.constants.values(), *as_tuple(inputs), targets]
-        step = PerSampleStep(translation, device, x64=needs_x64(tensors), optimize=self.optimize)
-        step(inputs, targets)  # warm up: trace and compile for the example batch's shapes
+        tensors = [*translation.trainable.values(), *translation.constants.values(), *tensor_inputs(call), targets]
+        compiled = PerSampleStep(translation, device, x64=needs_x64(tensors), optimize=self.optimize)
+
+        def step(call: CallArgs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+            return compiled(tensor_inputs(call), targets)
+
+        step.warmup = step(call, targets)  # trace and compile for the example batch's shapes
         return step
+
+    def _self_check(self, context: checks.CheckContext, raw) -> None:
+        """Rows of the example batch's answer against autograd, each sample alone (a half-precision
+        model is checked through a float32 translation of it)."""
+        if context.widened:
+            raw = self._prepare(context.check_model, context.loss_fn, (context.check_call, context.check_targets))
+        size = context.batch_size
+        checks.definition_check(context, {n: g[:size] for n, g in raw.warmup.items()})
+        raw.warmup = None

@@ -20,12 +20,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..assumptions import SETTING
+from ..capabilities import Finding, Refusal
 from ..contract import Batch, LossFn, trainable_owners
-from ..errors import Unsupported
 from ..rules import rule_types
 from .hooks import HooksLikeMethod
-from .registry import Capabilities, Step, register
-from .rule_based import RuleLookup
+from .registry import Capabilities, register
+from ..assumptions import PLAIN_FORWARD
+from .rule_based import REFUSALS, RELIES_ON, RuleLookup
 
 CPU_HINT = "set TRITON_INTERPRET=1 to run the Triton kernels on the CPU (slowly)"
 KERNEL_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16})
@@ -38,6 +40,12 @@ def interpreting() -> bool:
     return kernels.INTERPRETED
 
 
+def _compiled_kernels_on_cpu(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Finding | None:
+    if device.type == "cpu" and not interpreting():  # CUDA may be here, but the tensors are not on it
+        return Finding(f"the compiled Triton kernels need a CUDA device; {CPU_HINT}")
+    return None
+
+
 @register
 class KernelMethod(HooksLikeMethod):
     capabilities = Capabilities(
@@ -45,8 +53,11 @@ class KernelMethod(HooksLikeMethod):
         summary="hooks with Triton kernels per layer: one fused read-once, write-once pass each",
         devices=frozenset({"cuda", "cpu"}),
         dtypes=KERNEL_DTYPES,
+        dtype_reasons={torch.float64: "the kernels accumulate in float32, so float64 would silently lose precision"},
         layers=rule_types(),
         requires=(("triton", "triton"),),
+        relies_on=(*RELIES_ON, PLAIN_FORWARD.id),
+        refusals=(Refusal(SETTING.id, "the CPU only under TRITON_INTERPRET=1", _compiled_kernels_on_cpu), *REFUSALS),
         notes="cpu only under TRITON_INTERPRET=1 (Triton's interpreter, slow); float64 unsupported "
         "(the kernels accumulate in float32); layers without a kernel run on the shared rules, "
         "reported by placement()",
@@ -57,19 +68,6 @@ class KernelMethod(HooksLikeMethod):
         if reason is None and not torch.cuda.is_available() and not interpreting():
             return f"no CUDA device; {CPU_HINT}"
         return reason
-
-    def problem(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> Unsupported | None:
-        found = super().problem(model, device, dtype)
-        if found is not None:
-            return found
-        if device.type == "cpu" and not interpreting():  # CUDA is here, but the tensors are not on it
-            return Unsupported(f"the compiled Triton kernels need a CUDA device; {CPU_HINT}", method=self.name)
-        return None
-
-    def unsupported_dtype(self, dtype: torch.dtype) -> str:
-        if dtype == torch.float64:
-            return "the kernels accumulate in float32, so float64 would silently lose precision"
-        return super().unsupported_dtype(dtype)
 
     def rule_lookup(self) -> RuleLookup:
         from ..kernels import kernel_rule_for
@@ -86,7 +84,7 @@ class KernelMethod(HooksLikeMethod):
 
         return {qualname: placement_of(module) for qualname, module in trainable_owners(model)}
 
-    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch) -> Step:
+    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch):
         step = super()._prepare(model, loss_fn, example_batch)
         step.placement = self.placement(model)
         return step

@@ -16,8 +16,9 @@ import importlib.util
 
 from torch import nn
 
+from ..assumptions import LAYER_RULES
+from ..capabilities import Finding, Refusal
 from ..contract import trainable_owners
-from ..errors import Unsupported
 from .peer_support import Forward, PeerMethod
 from .registry import Capabilities, register
 from .torch_ew import expanded_weight_layers
@@ -65,8 +66,13 @@ class OpacusMethod(PeerMethod):
     def capabilities(self) -> Capabilities:
         """Built on demand: importing Opacus takes seconds, so only its users pay for it."""
         summary, notes = MODES[self.mode]
+        refusals = () if self.mode == "ew" else (Refusal(
+            LAYER_RULES.id, "what Opacus's validators refuse, modules in eval mode"
+            + (", layers without a grad sampler (exact types)" if self.mode == "hooks" else ""),
+            lambda model, device, dtype: self.refused_layer(model)),)
         return Capabilities(
-            name=self.name, summary=summary, layers=self.layers(), requires=REQUIRES, peer=True, notes=notes
+            name=self.name, summary=summary, layers=self.layers(), requires=REQUIRES, refusals=refusals, peer=True,
+            notes=notes,
         )
 
     def unavailable_reason(self) -> str | None:
@@ -87,13 +93,12 @@ class OpacusMethod(PeerMethod):
 
         return tuple(GradSampleModule.GRAD_SAMPLERS)
 
-    def find_unsupported(self, model: nn.Module) -> Unsupported | None:
-        if self.mode == "ew":  # GradSampleModuleExpandedWeights validates nothing: only the layers
-            return super().find_unsupported(model)
-        problem = opacus_validation(model, self.name)
-        if problem is None and self.mode == "hooks":
-            problem = missing_grad_sampler(model, self.name)
-        return problem
+    def refused_layer(self, model: nn.Module) -> Finding | None:
+        """Opacus's own objections (the hooks and functorch modes; ew validates nothing but layers)."""
+        found = opacus_validation(model, self.name)
+        if found is None and self.mode == "hooks":
+            found = missing_grad_sampler(model)
+        return found
 
     def wrap(self, clone: nn.Module) -> Forward:
         from opacus.grad_sample import wrap_model
@@ -101,8 +106,8 @@ class OpacusMethod(PeerMethod):
         return wrap_model(clone, grad_sample_mode=self.mode, batch_first=True, loss_reduction="sum")
 
 
-def opacus_validation(model: nn.Module, method: str) -> Unsupported | None:
-    """The first objection, as an `Unsupported` naming the layer, of Opacus's own checks for the
+def opacus_validation(model: nn.Module, method: str) -> Finding | None:
+    """The first objection, as a `Finding` naming the layer, of Opacus's own checks for the
     hooks and functorch modes: its per-type validators (ModuleValidator.VALIDATORS), its refusal of
     trainable layers with buffers (GradSampleModule.validate) and its training-mode-only hooks."""
     from opacus.grad_sample import GradSampleModule
@@ -112,36 +117,31 @@ def opacus_validation(model: nn.Module, method: str) -> Unsupported | None:
         validator = ModuleValidator.VALIDATORS.get(type(module))
         errors = (validator(module) if validator else []) + GradSampleModule.validate(module, strict=False)
         if errors:
-            return _unsupported(method, qualname, module, f"is refused by Opacus's validator: {errors[0]}")
+            return Finding(f"is refused by Opacus's validator: {errors[0]}", qualname, module)
         if not module.training:
-            return _unsupported(
-                method, qualname, module, "is in eval mode, and Opacus's forward hook records activations "
+            return Finding(
+                "is in eval mode, and Opacus's forward hook records activations "
                 "only in training mode, so its per-sample gradient would be missing. Fix: model.train(), "
-                "or use opacus-ew",
+                "or use opacus-ew", qualname, module,
             )
         if method == "opacus-functorch" and isinstance(module, nn.EmbeddingBag):
-            return _unsupported(method, qualname, module, "is refused by Opacus's functorch mode "
-                                "(prepare_layer: 'Functorch does not support EmbeddingBag yet')")
+            return Finding("is refused by Opacus's functorch mode (prepare_layer: 'Functorch does not support "
+                           "EmbeddingBag yet')", qualname, module)
     return None
 
 
-def missing_grad_sampler(model: nn.Module, method: str) -> Unsupported | None:
+def missing_grad_sampler(model: nn.Module) -> Finding | None:
     """The first trainable layer whose exact type has no Opacus grad sampler, or None."""
     from opacus.grad_sample import GradSampleModule
 
     for qualname, module in trainable_owners(model):
         if type(module) not in GradSampleModule.GRAD_SAMPLERS:
             names = ", ".join(sorted(t.__name__ for t in GradSampleModule.GRAD_SAMPLERS))
-            return _unsupported(
-                method, qualname, module, f"has no grad sampler in Opacus's registry (exact types: {names}); "
-                "Opacus would silently compute it with functorch. Use opacus-functorch for that",
+            return Finding(
+                f"has no grad sampler in Opacus's registry (exact types: {names}); Opacus would silently "
+                "compute it with functorch. Use opacus-functorch for that", qualname, module,
             )
     return None
-
-
-def _unsupported(method: str, qualname: str, module: nn.Module, why: str) -> Unsupported:
-    kind = type(module).__name__
-    return Unsupported(f"layer {qualname or '<root>'} ({kind}) {why}", method=method, layer=kind)
 
 
 for _mode in MODES:

@@ -14,9 +14,10 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import nn
 
-from ..contract import Batch, LossFn, as_tuple, batch_size_of, trainable_parameters
+from ..batch import CallArgs
+from ..contract import Batch, LossFn, trainable_parameters
 from ..errors import Unsupported
-from .registry import Method, Step
+from .base import Method
 
 
 class SharedClone:
@@ -31,6 +32,10 @@ class SharedClone:
         memo: dict[int, object] = {id(b): b for b in model.buffers()}
         for p in model.parameters():
             memo[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+        for module in model.modules():  # weights a pre-hook computed (weight_norm): recomputed anyway
+            for value in vars(module).values():
+                if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                    memo[id(value)] = value.detach()
         self.module = copy.deepcopy(model, memo)
         self.parameter_pairs = [(p, memo[id(p)]) for p in model.parameters()]
         self.module_pairs = list(zip(model.modules(), self.module.modules()))
@@ -81,6 +86,7 @@ class PeerMethod(Method):
     their library fills; the step backpropagates the summed per-sample losses."""
 
     savefield = "grad_sample"
+    takes_call_args = True
 
     @abstractmethod
     def wrap(self, clone: nn.Module) -> Forward:
@@ -90,7 +96,7 @@ class PeerMethod(Method):
         """The context the backward pass runs in (BackPACK activates its extension here)."""
         return nullcontext()
 
-    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch) -> Step:
+    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch):
         clone = SharedClone(model)
         try:
             forward = self.wrap(clone.module)
@@ -98,11 +104,11 @@ class PeerMethod(Method):
             raise Unsupported(str(refused), method=self.name) from refused
         savefield = self.savefield
 
-        def step(inputs, targets) -> dict[str, torch.Tensor]:
+        def step(call: CallArgs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
             clone.sync()
-            batch = batch_size_of(inputs)
+            batch = targets.shape[0]
             try:
-                losses = loss_fn(forward(*as_tuple(inputs)), targets)
+                losses = loss_fn(call.call(forward), targets)
                 with self.backward_context():
                     losses.sum().backward()
                 return clone.take(savefield, batch)

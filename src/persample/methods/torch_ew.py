@@ -59,9 +59,11 @@ def expanded_weights_forward(module: nn.Module) -> Forward:
     """`module`'s forward through `call_for_per_sample_grads`, sized by the first input."""
     from torch.nn.utils._per_sample_grad import call_for_per_sample_grads
 
-    def forward(*inputs: torch.Tensor) -> torch.Tensor:
-        batch = inputs[0].shape[0]
-        return call_for_per_sample_grads(module, batch_size=batch, loss_reduction="sum")(*inputs)
+    def forward(*args, **kwargs) -> torch.Tensor:
+        from ..batch import CallArgs
+
+        batch = CallArgs(args, kwargs).batch_size
+        return call_for_per_sample_grads(module, batch_size=batch, loss_reduction="sum")(*args, **kwargs)
 
     return forward
 

@@ -2,6 +2,10 @@
 
 Write the loss of one sample as a function of the parameters, differentiate it with `grad`, and
 let `vmap` batch that over the samples; `chunk_size` bounds memory by batching chunks at a time.
+What torch.func cannot batch (fused RNN kernels, custom autograd Functions without a vmap rule,
+some ops under autocast) is found when preparing, by running the step on a few samples, and
+refused naming the layer; buffers the forward updates get a copy per sample; sparse embeddings
+run dense (the same gradient values).
 
     >>> import torch, persample
     >>> from persample.methods.vmap import VmapMethod
@@ -12,18 +16,76 @@ let `vmap` batch that over the samples; `chunk_size` bounds memory by batching c
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ..contract import Batch, LossFn, as_tuple, trainable_parameters
-from ..errors import Unsupported
-from .registry import Capabilities, Method, Step, register
+from .. import checks
+from ..assumptions import AUTOGRAD_FUNCTIONS, BATCHING_RULES, MATCHES_DEFINITION
+from ..batch import CallArgs
+from ..capabilities import Finding, Refusal, refusal
+from ..contract import Batch, LossFn, trainable_parameters
+from ..observe import module_stack
+from .registry import Capabilities, Method, register
 
 # torch.func has no batching rule for the fused RNN kernels; its generic fallback works only for
-# the oneDNN float32 CPU kernel (float64 and bfloat16 fail with a broadcast error, CUDA's cuDNN
-# RNN is not batched either). Measured with torch 2.13.
-RNN_SUPPORTED = frozenset({("cpu", torch.float32)})
+# the oneDNN float32 CPU LSTM kernel (nn.RNN and nn.GRU fail with a broadcast error, and so does
+# every other dtype; CUDA's cuDNN RNN is not batched either). Measured with torch 2.13.
+RNN_SUPPORTED = frozenset({(nn.LSTM, "cpu", torch.float32)})
+
+
+def _unbatched_rnn(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Finding | None:
+    for qualname, module in model.named_modules():
+        if isinstance(module, nn.RNNBase) and (type(module), device.type, dtype) not in RNN_SUPPORTED:
+            return Finding(
+                f"has no vmap batching rule in torch.func for {type(module).__name__} in "
+                f"{str(dtype).removeprefix('torch.')} on {device.type} (its generic fallback only works for "
+                "nn.LSTM in float32 on the CPU)", qualname, module)
+    return None
+
+
+@contextmanager
+def dense_embeddings(model: nn.Module) -> Iterator[None]:
+    """Embedding(sparse=True) run with sparse=False: the same gradient, in a layout vmap batches."""
+    sparse = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
+    for module in sparse:
+        module.sparse = False
+    try:
+        yield
+    finally:
+        for module in sparse:
+            module.sparse = True
+
+
+def per_sample_function(model: nn.Module, loss_fn: LossFn, call: CallArgs, mutated: frozenset[str], chunk_size: int | None):
+    """`f(params, call, targets) -> {name: (B, *shape)}`; buffers in `mutated` are copied per sample."""
+    fixed = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+    buffers = dict(model.named_buffers())
+    shared = {n: b for n, b in buffers.items() if n not in mutated}
+    positional = [isinstance(a, torch.Tensor) for a in call.args]
+    keywords = {k: isinstance(v, torch.Tensor) for k, v in call.kwargs.items()}
+
+    def sample_loss(params, own_buffers, args, kwargs, target):
+        one = CallArgs(
+            tuple(a.unsqueeze(0) if batched else a for a, batched in zip(args, positional)),
+            {k: v.unsqueeze(0) if keywords[k] else v for k, v in kwargs.items()},
+        )
+        outputs = functional_call(model, (params, fixed, shared, own_buffers), one.args, one.kwargs)
+        return loss_fn(outputs, target.unsqueeze(0))[0]
+
+    in_dims = (None, 0, tuple(0 if b else None for b in positional), {k: 0 if b else None for k, b in keywords.items()}, 0)
+    batched = vmap(grad(sample_loss), in_dims=in_dims, chunk_size=chunk_size, randomness="different")
+
+    def run(params, call: CallArgs, targets: torch.Tensor):
+        batch = targets.shape[0]
+        own = {n: buffers[n].unsqueeze(0).expand(batch, *buffers[n].shape).clone() for n in mutated}
+        with dense_embeddings(model):
+            return batched(params, own, call.args, call.kwargs, targets)
+
+    return run
 
 
 @register
@@ -31,40 +93,57 @@ class VmapMethod(Method):
     capabilities = Capabilities(
         name="vmap",
         summary="torch.func: vmap(grad(loss of one sample)) over a functional call",
+        relies_on=(BATCHING_RULES.id, MATCHES_DEFINITION.id),
+        refusals=(Refusal(BATCHING_RULES.id, "nn.RNN and nn.GRU; nn.LSTM except float32 on the CPU", _unbatched_rnn),),
+        notes="Also refused when found on the example batch: operations torch.func cannot batch here "
+        "(custom autograd Functions without setup_context or a vmap rule, some ops under autocast).",
     )
+    takes_call_args = True
 
     def __init__(self, chunk_size: int | None = None) -> None:
         self.chunk_size = chunk_size
 
-    def problem(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> Unsupported | None:
-        rnn = next((m for m in model.modules() if isinstance(m, nn.RNNBase)), None)
-        if rnn is not None and (device.type, dtype) not in RNN_SUPPORTED:
-            kind = type(rnn).__name__
-            return Unsupported(
-                f"torch.func has no vmap batching rule for {kind}; its fallback only works for "
-                f"float32 on the CPU, not {str(dtype).removeprefix('torch.')} on {device.type}",
-                method=self.name,
-                layer=kind,
-            )
-        return super().problem(model, device, dtype)
+    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch):
+        return self._step(model, loss_fn, example_batch[0], frozenset())
 
-    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch) -> Step:
+    def _step(self, model: nn.Module, loss_fn: LossFn, call: CallArgs, mutated: frozenset[str]):
         trainable = trainable_parameters(model)
-        names = list(trainable)
-        fixed = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-        fixed.update(dict(model.named_buffers()))
+        run = per_sample_function(model, loss_fn, call, mutated, self.chunk_size)
 
-        def sample_loss(params: dict[str, torch.Tensor], inputs: tuple, target: torch.Tensor):
-            batch_of_one = tuple(x.unsqueeze(0) for x in inputs)
-            outputs = functional_call(model, (params, fixed), batch_of_one)
-            return loss_fn(outputs, target.unsqueeze(0))[0]
-
-        per_sample = vmap(
-            grad(sample_loss), in_dims=(None, 0, 0), chunk_size=self.chunk_size, randomness="different"
-        )
-
-        def step(inputs, targets) -> dict[str, torch.Tensor]:
-            params = {n: trainable[n].detach() for n in names}
-            return per_sample(params, as_tuple(inputs), targets)
+        def step(call: CallArgs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+            return run({n: p.detach() for n, p in trainable.items()}, call, targets)
 
         return step
+
+    def _build(self, context: checks.CheckContext, model: nn.Module, loss_fn: LossFn, example_batch: Batch):
+        """The step, tried on a few samples in the model's own dtype and autocast state: torch.func's
+        errors become refusals naming the layer."""
+        call, targets = example_batch
+        mutated = frozenset(context.observation().mutated_buffers)
+        step = self._step(model, loss_fn, call, mutated)
+        size = context.batch_size
+        self._try(step, model, call.select(slice(0, size)), targets[:size], context)
+        return step
+
+    def _try(self, step, model: nn.Module, call: CallArgs, targets: torch.Tensor, context: checks.CheckContext):
+        with module_stack(model) as stack:
+            try:
+                return step(call, targets)
+            except (RuntimeError, NotImplementedError, TypeError, ValueError, AssertionError) as error:
+                where = stack[-1] if stack else "the loss function or the backward pass (outside any module's forward)"
+                first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+                functions = context.observation().autograd_functions
+                assumption = AUTOGRAD_FUNCTIONS.id if functions else BATCHING_RULES.id
+                extra = f" (the forward applies the custom autograd Function {', '.join(functions)})" if functions else ""
+                autocast = " under autocast" if torch.is_autocast_enabled(next(model.parameters()).device.type) else ""
+                raise refusal(Finding(
+                    f"torch.func cannot batch this model{autocast}: in {where}{extra}, torch raised "
+                    f"{type(error).__name__}: {first}"), assumption, self.name) from None
+
+    def _self_check(self, context: checks.CheckContext, raw) -> None:
+        model = context.check_model
+        step = raw if model is context.model else self._step(model, context.loss_fn, context.check_call,
+                                                              frozenset(context.observation().mutated_buffers))
+        with checks.context.no_autocast():
+            per_sample = self._try(step, model, context.check_call, context.check_targets, context)
+        checks.definition_check(context, per_sample)

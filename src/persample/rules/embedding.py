@@ -12,6 +12,8 @@ from .registry import register_rule
 
 @register_rule(nn.Embedding)
 class EmbeddingRule:
+    params = ("weight",)
+
     @staticmethod
     def grad_sample(module: nn.Embedding, idx: torch.Tensor, grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
         n, (v, d) = idx.shape[0], module.weight.shape

@@ -13,15 +13,18 @@ ExpandedForward = Callable[[nn.Module, torch.Tensor, dict[str, torch.Tensor]], t
 
 @dataclass(frozen=True)
 class LayerRule:
-    """The two formulas of one layer type.
+    """The two formulas of one layer type, and the parameters they differentiate.
 
     grad_sample(module, x, grad_out) -> {local param name: (B, *param.shape)}
     expanded_forward(module, x, weights) -> output, with weights[name] of shape (B, *param.shape)
+    params: the local names of the parameters the formulas read (a layer owning any other
+    trainable parameter, such as weight_norm's weight_g, is not what the rule describes)
     """
 
     layer: type[nn.Module]
     grad_sample: GradSample
     expanded_forward: ExpandedForward
+    params: tuple[str, ...] = ("weight", "bias")
 
 
 _RULES: dict[type[nn.Module], LayerRule] = {}
@@ -31,7 +34,7 @@ def register_rule(layer: type[nn.Module]) -> Callable[[type], type]:
     """Class decorator: the class's static `grad_sample` and `expanded_forward` become a rule."""
 
     def decorate(cls: type) -> type:
-        _RULES[layer] = LayerRule(layer, cls.grad_sample, cls.expanded_forward)
+        _RULES[layer] = LayerRule(layer, cls.grad_sample, cls.expanded_forward, getattr(cls, "params", ("weight", "bias")))
         return cls
 
     return decorate

@@ -10,5 +10,6 @@ realistic model the benchmarks time.
 """
 from .registry import SIZES, Problem, Workload, all_workloads, get_workload, register_workload
 from . import misc, vision, text  # noqa: F401,E402  (register the zoo)
+from . import adversarial  # noqa: F401,E402  (models that break the methods' assumptions on purpose)
 
 __all__ = ["SIZES", "Problem", "Workload", "all_workloads", "get_workload", "register_workload"]

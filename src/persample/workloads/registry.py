@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..contract import Inputs, LossFn, as_tuple
+from ..batch import CallArgs, Inputs
+from ..contract import LossFn
 
 SIZES = ("small", "full")
 MakeModel = Callable[[str], nn.Module]
@@ -31,12 +32,20 @@ class Problem:
 
 @dataclass(frozen=True)
 class Workload:
+    """A model, a batch and a per-sample loss, by name.
+
+    `breaks`: ids of `persample.assumptions` the model breaks on purpose (the adversarial family);
+    `batch_size`: a batch size the workload fixes (T == B layouts, a batch of one or of none).
+    """
+
     name: str
     description: str
     make_model: MakeModel
     make_batch: MakeBatch
     loss_fn: LossFn
     tags: frozenset[str]
+    breaks: frozenset[str] = frozenset()
+    batch_size: int | None = None
 
     def build(
         self,
@@ -46,9 +55,11 @@ class Workload:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> Problem:
-        """Model and batch, seeded, on `device` in `dtype` (integer inputs stay integer)."""
+        """Model and batch, seeded, on `device` in `dtype` (integer inputs stay integer); a
+        workload that fixes its batch size ignores `batch_size`."""
         if size not in SIZES:
             raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+        batch_size = self.batch_size if self.batch_size is not None else batch_size
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = self.make_model(size)
@@ -61,11 +72,9 @@ class Workload:
 
 
 def cast_inputs(inputs: Inputs, device, dtype: torch.dtype) -> Inputs:
-    """Floating tensors to `dtype`, all to `device`; a single tensor stays a single tensor."""
-    cast = tuple(
-        x.to(device=device, dtype=dtype if x.is_floating_point() else None) for x in as_tuple(inputs)
-    )
-    return cast if isinstance(inputs, tuple) else cast[0]
+    """Floating tensors to `dtype`, all to `device`; the inputs keep their form (Tensor, tuple, dict)."""
+    cast = CallArgs.of(inputs).map(lambda x: x.to(device=device, dtype=dtype if x.is_floating_point() else None))
+    return cast.to_user()
 
 
 _WORKLOADS: dict[str, Workload] = {}

@@ -1,0 +1,70 @@
+"""Prepared steps kept per model, so a training loop pays the checks and `auto`'s choice once.
+
+A step is reused while the call looks the same: the same method and loss function, inputs and
+targets of the same shapes, dtypes and devices, the same autocast and TF32 settings, and a model
+of the same structure (its modules and their types, train/eval modes and hooks; each parameter
+and buffer object with its shape, dtype, device and `requires_grad`). Parameter *values* are not
+part of the key: steps read the parameters when called, so an optimizer's in-place update is seen.
+"""
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .batch import CallArgs
+
+PER_MODEL = 4
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_STEPS: weakref.WeakKeyDictionary[nn.Module, OrderedDict] = weakref.WeakKeyDictionary()
+
+
+def structure(model: nn.Module) -> tuple:
+    """What a prepared step depends on besides values (see the module docstring)."""
+    modules = tuple(
+        (name, type(m), m.training, sum(len(getattr(m, d)) for d in HOOK_DICTS))
+        for name, m in model.named_modules(remove_duplicate=False)
+    )
+    params = tuple(
+        (name, id(p), tuple(p.shape), p.dtype, p.device, p.requires_grad)
+        for name, p in model.named_parameters(remove_duplicate=False)
+    )
+    buffers = tuple((name, id(b), tuple(b.shape), b.dtype, b.device) for name, b in model.named_buffers(remove_duplicate=False))
+    return modules, params, buffers
+
+
+def settings() -> tuple:
+    """Global settings a step's preparation reads: autocast per device type, TF32."""
+    autocast = tuple(
+        (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)) for device in ("cpu", "cuda")
+    )
+    return autocast, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def key_of(method_key: object, loss_fn, call: CallArgs, targets: torch.Tensor, model: nn.Module) -> tuple:
+    target = (tuple(targets.shape), targets.dtype, targets.device)
+    return method_key, id(loss_fn), call.signature(), target, settings(), structure(model)
+
+
+def cached_step(model: nn.Module, key: tuple, loss_fn, build):
+    """The step kept for `key`, or `build()`'s, kept (at most `PER_MODEL` per model)."""
+    steps = _STEPS.setdefault(model, OrderedDict())
+    entry = steps.get(key)
+    if entry is not None and entry[0] is loss_fn:  # the loss function itself, not a reused id
+        steps.move_to_end(key)
+        return entry[1]
+    step = build()
+    steps[key] = (loss_fn, step)
+    while len(steps) > PER_MODEL:
+        steps.popitem(last=False)
+    return step
+
+
+def clear(model: nn.Module | None = None) -> None:
+    """Forget the prepared steps of `model` (of every model if None)."""
+    if model is None:
+        _STEPS.clear()
+    else:
+        _STEPS.pop(model, None)

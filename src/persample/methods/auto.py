@@ -1,0 +1,53 @@
+"""`auto`: the fastest method that is right for this model, chosen when preparing.
+
+Tries the candidates of `persample.selection` in order (measured ranking, then the documented
+rule, `loop` last), passing over those whose declared refusals or known deviations apply to the
+model and those whose preparation refuses on the example batch; the first that prepares is
+returned, its step carrying the choice (`step.choice.describe()`).
+
+    >>> import torch, persample
+    >>> from persample.methods import get
+    >>> step = get("auto").prepare(torch.nn.Linear(4, 3), None, (torch.randn(8, 4), torch.randint(3, (8,))))
+    >>> step.method in persample.available_methods()
+    True
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ..batch import CallArgs
+from ..contract import Batch, LossFn, default_loss, trainable_parameters
+from .base import Method, PreparedStep
+from .registry import Capabilities, register
+
+
+@register
+class AutoMethod(Method):
+    capabilities = Capabilities(
+        name="auto",
+        summary="the fastest method that is right for this model (persample.selection)",
+        chooser=True,
+        notes="Passes over methods whose refusals, known deviations or checks on the example batch fail.",
+    )
+    takes_call_args = True
+
+    def prepare(self, model: nn.Module, loss_fn: LossFn | None, example_batch: Batch) -> PreparedStep:
+        from ..selection import explain_choice
+
+        loss_fn = loss_fn or default_loss
+        inputs, targets = example_batch
+        call = CallArgs.of(inputs)
+        params = trainable_parameters(model)
+        if not params:
+            raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+        if call.batch_size == 0:  # choose when a batch with samples comes: the checks need them
+            return PreparedStep(self, model, loss_fn, None)
+        param = next(iter(params.values()))
+        choice = explain_choice(model, param.device, param.dtype, call.batch_size,
+                                example_batch=(call, targets), loss_fn=loss_fn)
+        step = choice.step
+        step.choice = choice
+        return step
+
+    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch):
+        raise NotImplementedError("auto prepares through the method it chooses")

@@ -1,0 +1,202 @@
+"""The Method protocol: check once, prepare once, then call the prepared step as often as needed.
+
+`prepare(model, loss_fn, example_batch)` refuses what the method cannot do (its declared refusals,
+then the assumptions it relies on, checked on the example batch), builds the method's step and
+returns a `PreparedStep`. Only the step is timed by the benchmarks. Every step, whatever the
+method: takes a Tensor, tuple, list or mapping of inputs; answers an empty batch with empty
+gradients; returns each gradient in its parameter's dtype; leaves buffers and the global random
+state as it found them.
+"""
+from __future__ import annotations
+
+import importlib.util
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .. import checks
+from ..batch import CallArgs, Inputs
+from ..capabilities import Capabilities, refusal
+from ..contract import (
+    COUPLING,
+    Batch,
+    LossFn,
+    check_dtype_on_device,
+    check_inputs_match,
+    check_targets,
+    default_loss,
+    trainable_parameters,
+)
+from ..errors import LossNotPerSample, Unsupported
+from ..state import preserved
+
+RawStep = Callable[..., dict[str, torch.Tensor]]
+"""What `_prepare` builds: `raw(inputs, targets) -> {param name: (B, *param.shape)}`; `inputs` is a
+`CallArgs` for methods with `takes_call_args`, else the user's form (a Tensor or a tuple, or a dict)."""
+
+
+class PreparedStep:
+    """`step(inputs, targets) -> {name: (B, *param.shape)}` for the model a method prepared.
+
+    Attributes: `method` (the name), `checks` (a `CheckReport`: what was checked at prepare time
+    and its cost), `placement` (which layers ran where, for methods that say), `choice` (`auto`).
+    """
+
+    def __init__(self, method: Method, model: nn.Module, loss_fn: LossFn, raw: RawStep | None,
+                 saved_buffers: frozenset[str] = frozenset(), report: checks.CheckReport | None = None) -> None:
+        self._method, self.model, self.loss_fn, self.raw = method, model, loss_fn, raw
+        self.method = method.name
+        self.saved_buffers = saved_buffers
+        self.checks = report
+        self.params = trainable_parameters(model)
+        self.placement: dict[str, str] | None = None
+        self.choice = None
+
+    def __call__(self, inputs: Inputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        call = CallArgs.of(inputs)
+        batch = call.batch_size
+        check_targets(targets, batch)
+        if batch == 0:
+            return {name: p.new_zeros(0, *p.shape) for name, p in self.params.items()}
+        if self.raw is None:  # prepared on an empty batch: the checks need samples
+            self._adopt(self._method.prepare(self.model, self.loss_fn, (call, targets)))
+        with preserved(self.model, self.saved_buffers), torch.enable_grad():
+            grads = self.raw(call if self._method.takes_call_args else call.to_user(), targets)
+        return {name: g if g.dtype == self.params[name].dtype else g.to(self.params[name].dtype) for name, g in grads.items()}
+
+    def _adopt(self, other: PreparedStep) -> None:
+        self.raw, self.saved_buffers, self.checks = other.raw, other.saved_buffers, other.checks
+        self.placement, self.choice = other.placement, other.choice
+
+
+class Method(ABC):
+    """A way of computing per-sample gradients. Subclasses set `capabilities` and `_prepare`."""
+
+    capabilities: Capabilities
+    takes_call_args = False  # our methods take `CallArgs`; plugins get the user's form of inputs
+
+    @property
+    def name(self) -> str:
+        return self.capabilities.name
+
+    def unavailable_reason(self) -> str | None:
+        """Why this method cannot run on this machine at all (a missing package), or None."""
+        for module, package in self.capabilities.requires:
+            if importlib.util.find_spec(module) is None:
+                return f"needs the package {package!r}: pip install {package}"
+        return None
+
+    def problem(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> Unsupported | None:
+        """Why this method cannot run `model` on `device` in `dtype` (not raised), or None.
+
+        Reads only data: the layers that couple samples (refused by every method), the packages,
+        devices and dtypes of `capabilities`, then each of its `refusals`.
+        """
+        caps, name = self.capabilities, self.name
+        finding = COUPLING.finds(model, device, dtype)
+        if finding is not None:  # first: refused by every method, whatever else
+            return refusal(finding, COUPLING.assumption, name)
+        reason = self.unavailable_reason()
+        if reason:
+            return Unsupported(reason, method=name, assumption="device-and-dtype")
+        if device.type not in caps.devices:
+            return Unsupported(f"does not run on {device.type}", method=name, assumption="device-and-dtype")
+        if dtype not in caps.dtypes:
+            why = caps.dtype_reasons.get(dtype, f"does not offer {str(dtype).removeprefix('torch.')}")
+            return Unsupported(why, method=name, assumption="device-and-dtype")
+        try:
+            check_dtype_on_device(dtype, device)
+        except Unsupported as refused:
+            return refused.naming(method=name)
+        for declared in caps.all_refusals():
+            finding = declared.finds(model, device, dtype)
+            if finding is not None:
+                return refusal(finding, declared.assumption, name)
+        return None
+
+    def check(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+        """Raise `Unsupported` (naming the methods that can) unless this method can run `model`."""
+        problem = self.problem(model, device, dtype)
+        if problem is not None:
+            raise self._with_alternatives(problem, model, device, dtype)
+
+    def prepare(self, model: nn.Module, loss_fn: LossFn | None, example_batch: Batch) -> PreparedStep:
+        """Check the model, the loss and the method's assumptions once, then build the step.
+
+        Raises `Unsupported` (naming the layer, the reason and the methods that can), or
+        `LossNotPerSample` (a `ValueError`) for a loss that is not one loss per sample.
+        """
+        loss_fn = loss_fn or default_loss
+        inputs, targets = example_batch
+        call = CallArgs.of(inputs)
+        params = trainable_parameters(model)
+        if not params:
+            raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+        param = next(iter(params.values()))
+        self.check(model, param.device, param.dtype)
+        check_inputs_match(model, call)
+        check_targets(targets, call.batch_size)
+        if call.batch_size == 0:
+            return PreparedStep(self, model, loss_fn, None)
+        context = checks.CheckContext(self.name, model, loss_fn, call, targets, self.captured_layers)
+        try:
+            checks.check_loss_per_sample(context)
+            self._check_assumptions(context)
+            raw = self._build(context, model, loss_fn, (call if self.takes_call_args else call.to_user(), targets))
+            self._self_check(context, raw)
+        except Unsupported as refused:
+            raise self._with_alternatives(refused, model, param.device, param.dtype) from None
+        report = context.finish()
+        step = PreparedStep(self, model, loss_fn, raw, context.mutated_buffers, report)
+        step.placement = getattr(raw, "placement", None)
+        return step
+
+    def captured_layers(self, model: nn.Module) -> frozenset[nn.Module]:
+        """The modules whose calls the checks' instrumented forward records (rule-based methods)."""
+        return frozenset()
+
+    def _check_assumptions(self, context: checks.CheckContext) -> None:
+        """Check what `capabilities.relies_on` names that the instrumented forward can tell."""
+        checks.check_observed(context, self.capabilities.relies_on)
+
+    def _build(self, context: checks.CheckContext, model: nn.Module, loss_fn: LossFn, example_batch: Batch) -> RawStep:
+        """Build the raw step; methods that need what the checks saw override this, not `_prepare`."""
+        return self._prepare(model, loss_fn, example_batch)
+
+    def _self_check(self, context: checks.CheckContext, raw: RawStep) -> None:
+        """Hold the method's own answer on the check batch against autograd (methods override)."""
+
+    @abstractmethod
+    def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch) -> RawStep:
+        """Build the raw step; the model and loss have passed every check."""
+
+    def _with_alternatives(self, problem: Unsupported, model: nn.Module, device: torch.device,
+                           dtype: torch.dtype) -> Unsupported:
+        from .registry import registered
+
+        assumption = problem.assumption
+        others = [
+            name for name, method in registered().items()
+            if name != self.name and assumption not in method.capabilities.relies_on
+            and _can_run(method, model, device, dtype)
+        ]
+        return problem.naming(method=self.name, supported_by=others)
+
+    def __call__(self, model, inputs, targets, loss_fn=None) -> dict[str, torch.Tensor]:
+        return self.prepare(model, loss_fn, (inputs, targets))(inputs, targets)
+
+    def __repr__(self) -> str:
+        return f"<method {self.name}>"
+
+
+def _can_run(method: Method, model: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    try:
+        return method.problem(model, device, dtype) is None
+    except Exception:  # a method whose own check breaks cannot be recommended
+        return False
+
+
+__all__ = ["LossNotPerSample", "Method", "PreparedStep", "RawStep"]

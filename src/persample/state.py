@@ -1,0 +1,111 @@
+"""Leaving the model as it was found: buffers a forward updates, the global random state, copies.
+
+A forward may update buffers (a call counter, running statistics, spectral norm's power
+iteration) and draw random numbers (dropout). Per-sample gradients are defined for the model as
+found, so every method computes them from the found buffers and restores buffers and the random
+state afterwards.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def buffer_slots(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """(owning module, local name, qualified name) of every buffer, shared ones once per owner."""
+    slots = []
+    for qualname, module in model.named_modules(remove_duplicate=False):
+        for name, value in module._buffers.items():
+            if value is not None:
+                slots.append((module, name, f"{qualname}.{name}" if qualname else name))
+    return slots
+
+
+class BufferSnapshot:
+    """The buffers' objects and versions, and the values of those that may change in place.
+
+    `copy`: qualified names of the buffers whose values to save (None: all). A prepared step saves
+    only the buffers its preparation saw the forward modify, so a large constant buffer (a causal
+    mask) costs nothing per step.
+    """
+
+    def __init__(self, model: nn.Module, copy: frozenset[str] | None = None) -> None:
+        self.slots = buffer_slots(model)
+        self.objects = [module._buffers[name] for module, name, _ in self.slots]
+        self.versions = [t._version for t in self.objects]
+        self.values = [
+            t.detach().clone() if copy is None or qualname in copy else None
+            for (_, _, qualname), t in zip(self.slots, self.objects)
+        ]
+
+    def changed(self) -> list[str]:
+        """Qualified names of buffers replaced or modified in place since the snapshot."""
+        return [
+            qualname
+            for (module, name, qualname), obj, version in zip(self.slots, self.objects, self.versions)
+            if module._buffers.get(name) is not obj or obj._version != version
+        ]
+
+    def restore(self) -> None:
+        """Put every buffer back: the original object, with its original values."""
+        for index, ((module, name, qualname), obj, version, value) in enumerate(
+            zip(self.slots, self.objects, self.versions, self.values)
+        ):
+            if module._buffers.get(name) is not obj:
+                module._buffers[name] = obj
+            if obj._version != version:
+                if value is None:
+                    raise RuntimeError(
+                        f"the forward modified buffer {qualname} in place on this batch but not on the "
+                        "example batch the method was prepared with, so its value was not saved and "
+                        "cannot be restored; prepare the method with a batch that takes this path"
+                    )
+                with torch.no_grad():
+                    obj.copy_(value)
+                self.versions[index] = obj._version  # restored: the baseline for the next look
+
+
+def _rng_devices(model: nn.Module) -> list[int]:
+    if not torch.cuda.is_available() or torch.cuda.is_current_stream_capturing():
+        return []
+    return sorted({t.device.index or 0 for t in model.parameters() if t.device.type == "cuda"})
+
+
+@contextmanager
+def preserved(model: nn.Module, copy: frozenset[str] | None = None) -> Iterator[BufferSnapshot]:
+    """Run the block, then restore the model's buffers and the global random state."""
+    snapshot = BufferSnapshot(model, copy)
+    with torch.random.fork_rng(devices=_rng_devices(model)):
+        try:
+            yield snapshot
+        finally:
+            snapshot.restore()
+
+
+def rng_state(model: nn.Module) -> tuple:
+    """The random state a forward of `model` may consume (CPU, and the model's CUDA devices)."""
+    cuda = tuple(torch.cuda.get_rng_state(d) for d in _rng_devices(model))
+    return (torch.get_rng_state(), *cuda)
+
+
+def same_rng_state(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of `model`, also when it holds computed tensors as plain attributes.
+
+    `torch.nn.utils.weight_norm` and `spectral_norm` (the hook-based API) keep the last computed
+    weight as a non-leaf attribute, which `copy.deepcopy` refuses; such a tensor is recomputed by
+    the next forward, so the copy gets a detached clone of it.
+    """
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
