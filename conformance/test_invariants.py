@@ -200,3 +200,18 @@ def test_batchnorm_in_training_mode_is_refused_with_the_fix(method, device):
     problem = get_workload("batchnorm_cnn").build("small", 4, 0, device, torch.float32)
     with pytest.raises(Unsupported, match="BatchNorm2d.*GroupNorm.*eval"):
         method.prepare(problem.model, problem.loss_fn, (problem.inputs, problem.targets))
+
+
+@pytest.mark.invariant
+@pytest.mark.parametrize("workload", ("counter_buffer", "spectral_norm_hook", "instance_norm_running_stats"))
+def test_buffers_and_the_random_state_are_left_as_found_whatever_the_outcome(method, workload, device):
+    """A forward that updates buffers (a counter, spectral norm's power iteration, running
+    statistics): after computing, or refusing, the buffers and the global random state are as found."""
+    problem = get_workload(workload).build("small", 6, 0, device, torch.float32)
+    snapshot, state = ModelSnapshot.of(problem.model), torch.get_rng_state()
+    try:
+        method.prepare(problem.model, problem.loss_fn, (problem.inputs, problem.targets))(problem.inputs, problem.targets)
+    except Exception:  # a refusal, or a peer's crash (recorded as a deviation): the state must still be as found
+        pass
+    assert snapshot.differences(problem.model) == []
+    assert torch.equal(torch.get_rng_state(), state), "the global random state changed"

@@ -50,3 +50,21 @@ def test_every_expected_outcome_names_a_workload_and_a_method(expectations):
     adversarial = {w.name for w in all_workloads() if "adversarial" in w.tags}
     assert set(expectations.table) == adversarial, "expected_outcomes.toml must have one table per adversarial workload"
     assert expectations.methods() <= set(registered())
+
+
+def test_the_expected_outcomes_agree_with_what_workloads_break_and_methods_rely_on(expectations):
+    """A method refuses only for an assumption it relies on or declares a refusal for; and where a
+    workload breaks an assumption a method relies on, the method must not be expected right."""
+    from persample.assumptions import LOSS_PER_SAMPLE, SAMPLES_INDEPENDENT, SETTING
+    from persample.methods.registry import registered
+
+    methods = registered()
+    for workload in (w for w in all_workloads() if "adversarial" in w.tags):
+        for method_name, expected in expectations.table[workload.name].items():
+            caps = methods[method_name.partition("@")[0]].capabilities
+            own = {*caps.relies_on, *(r.assumption for r in caps.all_refusals()), SAMPLES_INDEPENDENT.id, SETTING.id}
+            if expected.kind == "refused":
+                assert expected.detail in own, f"{workload.name}: {method_name} refuses for {expected.detail}, not its own"
+            broken = workload.breaks & set(caps.relies_on) - {LOSS_PER_SAMPLE.id}
+            if broken:
+                assert expected.kind != "right", f"{workload.name} breaks {broken}, which {method_name} relies on"

@@ -118,3 +118,19 @@ def test_hooks_on_a_convolution_also_hold_its_unfolded_input():
     peak = peak_bytes(lambda: step(problem.inputs, problem.targets))
     assert peak >= output_bytes + max(unfolded)
     assert max(unfolded) > 4 * output_bytes  # here the unfolded inputs, not the gradients, dominate
+
+
+def test_the_clipped_sum_needs_only_the_norms_and_one_reweighted_backward():
+    """DP-SGD: Σᵢ min(1, C/‖gᵢ‖) gᵢ from the norms alone, by one backward of Σᵢ cᵢ ℓᵢ."""
+    model, x, y = problem(8)
+    clip = 0.5
+    grads = persample.per_sample_grads(model, x, y, method="loop")
+    norms = persample.per_sample_grad_norms(model, x, y, method="hooks")
+    torch.testing.assert_close(norms, torch.cat([g.flatten(1) for g in grads.values()], 1).norm(dim=1))
+    factors = (clip / norms).clamp(max=1.0)
+    clipped_sum = {name: torch.einsum("b,b...->...", factors, g) for name, g in grads.items()}
+    reweighted = (factors.detach() * F.cross_entropy(model(x), y, reduction="none")).sum()
+    one_backward = torch.autograd.grad(reweighted, list(model.parameters()))
+    for (name, expected), got in zip(clipped_sum.items(), one_backward):
+        torch.testing.assert_close(got, expected, msg=name)
+    assert (factors < 1).any(), "the clipping bound must bite for the test to mean anything"

@@ -22,8 +22,13 @@ def conformance_command(repo: Path, pytest_args: list[str]) -> list[str]:
     return command + pytest_args
 
 
-def run_conformance(repo: Path, pytest_args: list[str]) -> int:
-    """Run the conformance matrix; it writes reports/conformance/<machine>.json. Returns pytest's code."""
+def run_conformance(repo: Path, pytest_args: list[str], every_mode: bool = False) -> int:
+    """Run the conformance matrix; it writes reports/conformance/<machine>.json. Returns pytest's code.
+
+    `every_mode`: the full product of modes this device offers (unless `--mode` is given); else the
+    CI profile, float32 and one reduced-precision mode per family."""
+    if every_mode and not any(arg == "--mode" or arg.startswith("--mode=") for arg in pytest_args):
+        pytest_args = [*pytest_args, "--mode", "all"]
     command = conformance_command(repo, pytest_args)
     print("$", " ".join(command), flush=True)
     return subprocess.run(command, cwd=repo).returncode
@@ -64,9 +69,9 @@ def _repo() -> Path:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     conformance = subparsers.add_parser(
-        "conformance", help="run the conformance matrix here (extra arguments go to pytest, "
-        "e.g. --method vmap or --method mylib.plugin:method)")
-    conformance.set_defaults(run=lambda args: run_conformance(_repo(), args.pytest_args))
+        "conformance", help="run the conformance matrix here, in every mode this device offers (extra "
+        "arguments go to pytest, e.g. --method vmap, --method mylib.plugin:method, --mode float32)")
+    conformance.set_defaults(run=lambda args: run_conformance(_repo(), args.pytest_args, every_mode=True))
     conformance.add_argument("pytest_args", nargs=argparse.REMAINDER)
 
     run = subparsers.add_parser(

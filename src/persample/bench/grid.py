@@ -73,7 +73,8 @@ class Grid:
     variants: tuple[str, ...]
 
     def methods(self) -> list[str]:
-        return [BASELINE, *registered()]
+        """The baseline and every registered method but choosers (`auto` times the method it picks)."""
+        return [BASELINE, *(name for name, m in registered().items() if not m.capabilities.chooser)]
 
     def params(self) -> list[list]:
         """asv's `params`: one list per name in `PARAM_NAMES`."""

@@ -69,7 +69,6 @@ class CheckContext:
         self.capture = capture(self.check_model) if capture else frozenset()
         self._observation: Observation | None = None
         self.mutated_buffers: frozenset[str] = frozenset()
-        self._started = time.perf_counter()
 
     @property
     def batch_size(self) -> int:
@@ -94,6 +93,15 @@ class CheckContext:
             self._observation = found
         return self._observation
 
+    @contextmanager
+    def timed(self):
+        """Count the block's time as the checks' (building the step is not a check)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.report.seconds += time.perf_counter() - start
+
     def ran(self, name: str) -> None:
         self.report.ran.append(name)
 
@@ -101,7 +109,6 @@ class CheckContext:
         self.report.skipped[name] = why
 
     def finish(self) -> CheckReport:
-        self.report.seconds = time.perf_counter() - self._started
         if self._observation is not None:  # keep what the step needs, free the graph
             self.mutated_buffers = frozenset(self._observation.mutated_buffers)
             self._observation = None

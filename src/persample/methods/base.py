@@ -42,7 +42,8 @@ class PreparedStep:
     """`step(inputs, targets) -> {name: (B, *param.shape)}` for the model a method prepared.
 
     Attributes: `method` (the name), `checks` (a `CheckReport`: what was checked at prepare time
-    and its cost), `placement` (which layers ran where, for methods that say), `choice` (`auto`).
+    and its cost), `prepare_seconds` (checks and building), `placement` (which layers ran where,
+    for methods that say), `choice` (`auto`: what it picked and why).
     """
 
     def __init__(self, method: Method, model: nn.Module, loss_fn: LossFn, raw: RawStep | None,
@@ -54,6 +55,7 @@ class PreparedStep:
         self.params = trainable_parameters(model)
         self.placement: dict[str, str] | None = None
         self.choice = None
+        self.prepare_seconds = 0.0
 
     def __call__(self, inputs: Inputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         call = CallArgs.of(inputs)
@@ -141,17 +143,21 @@ class Method(ABC):
         check_targets(targets, call.batch_size)
         if call.batch_size == 0:
             return PreparedStep(self, model, loss_fn, None)
+        start = time.perf_counter()
         context = checks.CheckContext(self.name, model, loss_fn, call, targets, self.captured_layers)
         try:
-            checks.check_loss_per_sample(context)
-            self._check_assumptions(context)
+            with context.timed():
+                checks.check_loss_per_sample(context)
+                self._check_assumptions(context)
             raw = self._build(context, model, loss_fn, (call if self.takes_call_args else call.to_user(), targets))
-            self._self_check(context, raw)
+            with context.timed():
+                self._self_check(context, raw)
         except Unsupported as refused:
             raise self._with_alternatives(refused, model, param.device, param.dtype) from None
         report = context.finish()
         step = PreparedStep(self, model, loss_fn, raw, context.mutated_buffers, report)
         step.placement = getattr(raw, "placement", None)
+        step.prepare_seconds = time.perf_counter() - start
         return step
 
     def captured_layers(self, model: nn.Module) -> frozenset[nn.Module]:
@@ -180,7 +186,7 @@ class Method(ABC):
         assumption = problem.assumption
         others = [
             name for name, method in registered().items()
-            if name != self.name and assumption not in method.capabilities.relies_on
+            if name != self.name and not method.capabilities.chooser and assumption not in method.capabilities.relies_on
             and _can_run(method, model, device, dtype)
         ]
         return problem.naming(method=self.name, supported_by=others)

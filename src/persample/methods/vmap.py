@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from .. import checks
-from ..assumptions import AUTOGRAD_FUNCTIONS, BATCHING_RULES, MATCHES_DEFINITION
+from ..assumptions import BATCHING_RULES, MATCHES_DEFINITION
 from ..batch import CallArgs
 from ..capabilities import Finding, Refusal, refusal
 from ..contract import Batch, LossFn, trainable_parameters
@@ -133,12 +133,11 @@ class VmapMethod(Method):
                 where = stack[-1] if stack else "the loss function or the backward pass (outside any module's forward)"
                 first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
                 functions = context.observation().autograd_functions
-                assumption = AUTOGRAD_FUNCTIONS.id if functions else BATCHING_RULES.id
                 extra = f" (the forward applies the custom autograd Function {', '.join(functions)})" if functions else ""
                 autocast = " under autocast" if torch.is_autocast_enabled(next(model.parameters()).device.type) else ""
                 raise refusal(Finding(
                     f"torch.func cannot batch this model{autocast}: in {where}{extra}, torch raised "
-                    f"{type(error).__name__}: {first}"), assumption, self.name) from None
+                    f"{type(error).__name__}: {first}"), BATCHING_RULES.id, self.name) from None
 
     def _self_check(self, context: checks.CheckContext, raw) -> None:
         model = context.check_model

@@ -1,10 +1,12 @@
-"""The capability table, generated from the registered methods' `Capabilities`."""
+"""The capability table, generated from the registered methods' `Capabilities`: what each runs on,
+the assumptions it checks on the example batch, and every refusal it declares."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
+from ..contract import COUPLING
 from ..methods.registry import registered
 from .matrix import dtype_key
 
@@ -21,6 +23,8 @@ class CapabilityRow:
     requires: str
     available: str
     notes: str
+    relies_on: str  # the assumptions it checks on the example batch
+    refuses: str  # its declared refusals, one per line
 
 
 def _dtype_names(dtypes: frozenset[torch.dtype]) -> str:
@@ -41,5 +45,7 @@ def capability_rows() -> list[CapabilityRow]:
             requires=", ".join(package for _, package in caps.requires) or "—",
             available="yes" if unavailable is None else f"no: {unavailable}",
             notes=caps.notes,
+            relies_on=", ".join(caps.relies_on) or "—",
+            refuses="; ".join([COUPLING.summary, *(r.summary for r in caps.all_refusals())]),
         ))
     return rows

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 
 from .data import ConformanceRun
 
-DTYPE_ORDER = ("float32", "tf32", "bfloat16", "float16", "float64")
-SYMBOLS = {"pass": "✓", "fail": "✗", "unsupported": "–"}
+DTYPE_ORDER = ("float32", "tf32", "bfloat16", "float16", "autocast-bf16", "float64")
+SYMBOLS = {"pass": "✓", "fail": "✗", "unsupported": "–", "error": "!", "reference": "="}
+"""✓ right; ✗ wrong or crashed; – refused (with the reason); ! LossNotPerSample (the loss depends on
+the batch: the expected answer); = the float64 loop, the reference itself."""
 
 
 def dtype_key(dtype: str) -> tuple[int, str]:
@@ -43,7 +45,7 @@ class Cell:
     @property
     def symbol(self) -> str:
         mark = SYMBOLS.get(self.outcome, "?")
-        return mark + ("*" if self.record.get("known_deviation") else "")
+        return mark + ("*" if self.record.get("verdict") == "xfail" else "")
 
     def details(self) -> str:
         """Every number and message of the record, one per line."""
@@ -58,8 +60,12 @@ class Cell:
             lines.append(f"worst: parameter {r['worst_parameter']}, sample {r.get('worst_sample')}")
         if r.get("reason"):
             lines.append(str(r["reason"]))
-        if r.get("known_deviation"):
-            lines.append(f"known deviation: {r['known_deviation']}")
+        if r.get("assumption"):
+            lines.append(f"assumption: {r['assumption']}")
+        if r.get("expected"):
+            lines.append(f"expected: {r['expected']}")
+        if r.get("verdict") == "xfail":
+            lines.append("a known deviation (known_deviations.toml)")
         return "\n".join(lines)
 
 

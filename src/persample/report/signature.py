@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TypeVar
 
+import torch
 from torch import nn
 
 from ..contract import trainable_owners
@@ -56,7 +57,8 @@ def workload_signature(name: str, size: str) -> Signature | None:
     from ..workloads import get_workload
 
     try:
-        model = get_workload(name).make_model(size or "full")
+        with torch.random.fork_rng(devices=[]):  # building initialises weights: draws random numbers
+            model = get_workload(name).make_model(size or "full")
     except (ValueError, KeyError):
         return None
     return signature_of(model)

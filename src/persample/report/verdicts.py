@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .data import BenchRow, ConformanceRun
 
-SEVERITY = {"pass": 0, "unsupported": 1, "fail": 2}
+SEVERITY = {"pass": 0, "reference": 0, "unsupported": 1, "error": 1, "fail": 2}
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
-        return self.outcome == "pass"
+        return self.outcome in ("pass", "reference")
 
     def describe(self) -> str:
         """One line for tables and hover text."""
@@ -29,6 +29,8 @@ class Verdict:
             return "no conformance record"
         where = f" (on {self.machine})" if self.borrowed else ""
         reason = self.record.get("reason")
+        if self.outcome == "reference":
+            return f"the reference itself{where} (the float64 loop)"
         if self.outcome == "pass":
             error = self.record.get("relative_error")
             tolerance = (self.record.get("tolerance") or {}).get("relative")
