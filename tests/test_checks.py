@@ -30,6 +30,7 @@ class SlightlyWrong(HooksMethod):
     """hooks with one layer's weight gradient scaled by (1 + error): the bug the checks must catch."""
 
     def __init__(self, error: float, layer: type[nn.Module] = nn.Linear, samples: slice = slice(None)) -> None:
+        super().__init__()
         self.error, self.layer, self.samples = error, layer, samples
         self.capabilities = Capabilities(name=f"wrong-{error}", summary="deliberately wrong",
                                          relies_on=HooksMethod.capabilities.relies_on,

@@ -8,7 +8,7 @@
 """
 from .api import per_sample_grad_norms, per_sample_grads
 from .contract import default_loss
-from .errors import LossNotPerSample, Unsupported
+from .errors import LossNotPerSample, StaleStep, Unsupported
 from .methods.registry import Capabilities, Method, available_methods, register
 
 __version__ = "0.1.0"
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Capabilities",
     "LossNotPerSample",
+    "StaleStep",
     "Method",
     "Unsupported",
     "available_methods",

@@ -7,6 +7,7 @@ from torch import nn
 from . import cache
 from .batch import CallArgs, Inputs
 from .contract import LossFn, as_tuple, default_loss
+from .errors import StaleStep
 from .methods.base import Method
 from .methods.registry import get
 
@@ -46,14 +47,21 @@ def per_sample_grads(
     `ValueError` (inputs that are not batch first, or not in one of the four forms).
 
     The prepared step (its checks, and `auto`'s choice) is kept per model, method, loss function,
-    input shapes and dtypes (`persample.cache`): pass the same `loss_fn` object to reuse it.
+    input shapes and dtypes (`persample.cache`): pass the same `loss_fn` object to reuse it. When a
+    step's per-call guard sees the model take another path than when it was prepared, the step is
+    prepared again on this batch (its checks then refuse, or `auto` chooses again).
     """
     loss_fn = loss_fn or default_loss
     chosen = get(method)
     call = CallArgs.of(inputs)
     key = cache.key_of(chosen.name if isinstance(method, str) else id(chosen), loss_fn, call, targets, model)
-    step = cache.cached_step(model, key, loss_fn, lambda: chosen.prepare(model, loss_fn, (call, targets)))
-    return step(call, targets)
+    prepare = lambda: chosen.prepare(model, loss_fn, (call, targets))  # noqa: E731
+    step = cache.cached_step(model, key, loss_fn, prepare)
+    try:
+        return step(call, targets)
+    except StaleStep:  # the model took another path on this batch: check it again, on this batch
+        cache.forget(model, key)
+        return cache.cached_step(model, key, loss_fn, prepare)(call, targets)
 
 
 def per_sample_grad_norms(
@@ -66,7 +74,7 @@ def per_sample_grad_norms(
 ) -> torch.Tensor:
     """‖gᵢ‖₂ over all trainable parameters, shape (B,), accumulated in at least float32."""
     grads = per_sample_grads(model, inputs, targets, loss_fn=loss_fn, method=method)
-    squares = [g.flatten(1).to(torch.promote_types(g.dtype, torch.float32)).square().sum(1) for g in grads.values()]
+    squares = [g.reshape(g.shape[0], g[0].numel() if len(g) else 0).to(torch.promote_types(g.dtype, torch.float32)).square().sum(1) for g in grads.values()]
     return torch.stack(squares).sum(0).sqrt()
 
 

@@ -61,6 +61,12 @@ INTACT_OUTPUTS = _define(
     "destroys the output gradient the rules need)",
     "use the out-of-place operation (inplace=False)",
 )
+OUTPUT_GRADIENTS = _define(
+    "output-gradients",
+    "the loss can be differentiated with respect to each layer's output (torch.autograd.grad), which "
+    "activation checkpointing with use_reentrant=True forbids",
+    "use torch.utils.checkpoint(..., use_reentrant=False), or expand or loop",
+)
 GRAD_MODE = _define(
     "grad-mode",
     "the forward runs with gradients enabled throughout (no torch.no_grad() region)",

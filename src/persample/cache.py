@@ -2,9 +2,11 @@
 
 A step is reused while the call looks the same: the same method and loss function, inputs and
 targets of the same shapes, dtypes and devices, the same autocast and TF32 settings, and a model
-of the same structure (its modules and their types, train/eval modes and hooks; each parameter
-and buffer object with its shape, dtype, device and `requires_grad`). Parameter *values* are not
-part of the key: steps read the parameters when called, so an optimizer's in-place update is seen.
+of the same structure (its modules and their types, train/eval modes and hooks, their plain
+attributes such as a flag that switches a branch; each parameter and buffer object with its shape,
+dtype, device, storage and `requires_grad`). Parameter *values* are not part of the key: steps
+read the parameters when called, so an optimizer's in-place update is seen; new storage
+(`p.data = ...`, `model.to(...)`) prepares again.
 """
 from __future__ import annotations
 
@@ -24,15 +26,25 @@ _STEPS: weakref.WeakKeyDictionary[nn.Module, OrderedDict] = weakref.WeakKeyDicti
 def structure(model: nn.Module) -> tuple:
     """What a prepared step depends on besides values (see the module docstring)."""
     modules = tuple(
-        (name, type(m), m.training, sum(len(getattr(m, d)) for d in HOOK_DICTS))
+        (name, type(m), m.training, sum(len(getattr(m, d)) for d in HOOK_DICTS), _plain_attributes(m))
         for name, m in model.named_modules(remove_duplicate=False)
     )
     params = tuple(
-        (name, id(p), tuple(p.shape), p.dtype, p.device, p.requires_grad)
+        (name, id(p), p.data_ptr(), tuple(p.shape), p.dtype, p.device, p.requires_grad)
         for name, p in model.named_parameters(remove_duplicate=False)
     )
-    buffers = tuple((name, id(b), tuple(b.shape), b.dtype, b.device) for name, b in model.named_buffers(remove_duplicate=False))
+    buffers = tuple(
+        (name, id(b), b.data_ptr(), tuple(b.shape), b.dtype, b.device) for name, b in model.named_buffers(remove_duplicate=False)
+    )
     return modules, params, buffers
+
+
+PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain_attributes(module: nn.Module) -> tuple:
+    """The module's public attributes holding plain values (flags, sizes, modes of a branch)."""
+    return tuple((k, v) for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, PLAIN))
 
 
 def settings() -> tuple:
@@ -60,6 +72,11 @@ def cached_step(model: nn.Module, key: tuple, loss_fn, build):
     while len(steps) > PER_MODEL:
         steps.popitem(last=False)
     return step
+
+
+def forget(model: nn.Module, key: tuple) -> None:
+    """Drop one kept step (its model took another path than when it was prepared)."""
+    _STEPS.get(model, {}).pop(key, None)
 
 
 def clear(model: nn.Module | None = None) -> None:

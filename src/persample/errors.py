@@ -39,3 +39,9 @@ class Unsupported(Exception):
 
 class LossNotPerSample(ValueError):
     """The loss is not one loss per sample: reduced over the batch, or depending on the batch."""
+
+
+class StaleStep(Unsupported):
+    """A prepared step's guard found the model behaving otherwise than on the batch it was prepared
+    with (a data-dependent branch, a changed attribute): prepare again on this batch.
+    `per_sample_grads` does so by itself."""

@@ -11,18 +11,33 @@ from collections.abc import Sequence
 
 import torch
 
-REENTRANT_MARKER = "incompatible with .grad()"
+REENTRANT_NODE = "CheckpointFunctionBackward"  # torch.utils.checkpoint's node with use_reentrant=True
 
 
-def gradients(loss: torch.Tensor, params: Sequence[torch.Tensor], *, retain_graph: bool = False) -> list[torch.Tensor]:
-    """∂loss/∂p for each p (zeros where loss does not depend on p), dense, in p's dtype."""
-    try:
-        grads = torch.autograd.grad(loss, list(params), allow_unused=True, retain_graph=retain_graph)
-    except RuntimeError as error:
-        if REENTRANT_MARKER not in str(error):
-            raise
+def gradients(loss: torch.Tensor, params: Sequence[torch.Tensor], *, retain_graph: bool = False,
+              dense: bool = True) -> list[torch.Tensor | None]:
+    """∂loss/∂p for each p, dense, in p's dtype: zeros where loss does not depend on p (None with
+    `dense=False`)."""
+    if needs_backward(loss):
         grads = _by_backward(loss, params, retain_graph)
-    return [_dense(g, p) for g, p in zip(grads, params)]
+    else:
+        grads = torch.autograd.grad(loss, list(params), allow_unused=True, retain_graph=retain_graph)
+    return [_dense(g, p) if dense or g is not None else None for g, p in zip(grads, params)]
+
+
+def needs_backward(loss: torch.Tensor) -> bool:
+    """Whether the graph holds reentrant activation checkpointing, which `torch.autograd.grad`
+    refuses (found before differentiating: a refused attempt would already have freed the graph)."""
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == REENTRANT_NODE:
+            return True
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False
 
 
 def _by_backward(loss: torch.Tensor, params: Sequence[torch.Tensor], retain_graph: bool) -> list[torch.Tensor | None]:

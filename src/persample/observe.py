@@ -138,15 +138,22 @@ class _Recorder:
     def pre_hook(self, module: nn.Module, args: tuple) -> None:
         self.stack.append(module)
 
-    def post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+    def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if self.stack and self.stack[-1] is module:
             self.stack.pop()
         if module in self.capture:
             version = output._version if isinstance(output, torch.Tensor) else None
             self.calls.append(LayerCall(
-                module, self.names.get(module, ""), args[0] if args else None, output, version,
+                module, self.names.get(module, ""), first_input(args, kwargs), output, version,
                 torch.is_grad_enabled(), self.function_stack[-1] if self.function_stack else None,
             ))
+
+
+def first_input(args: tuple, kwargs: dict) -> Any:
+    """A layer's input: its first positional argument, or its first keyword one (`lin(input=x)`)."""
+    if args:
+        return args[0]
+    return next(iter(kwargs.values()), None)
 
 
 @contextmanager
@@ -186,7 +193,7 @@ def observe(
     handles = []
     for module in model.modules():
         handles.append(module.register_forward_pre_hook(recorder.pre_hook))
-        handles.append(module.register_forward_hook(recorder.post_hook, prepend=True, always_call=True))
+        handles.append(module.register_forward_hook(recorder.post_hook, prepend=True, always_call=True, with_kwargs=True))
     before = rng_state(model)
     try:
         with preserved(model) as buffers, torch.enable_grad():

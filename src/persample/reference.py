@@ -129,7 +129,7 @@ def compare(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) 
     names = [n for n in reference if n in grads]
     ref = {n: reference[n].detach().double().cpu() for n in names}
     floor = VANISHING_FRACTION * max((r.norm().item() for r in ref.values()), default=0.0)
-    sample_norms = torch.stack([r.flatten(1).norm(dim=1) for r in ref.values()]) if ref else None
+    sample_norms = torch.stack([r.reshape(r.shape[0], r[0].numel() if r.shape[0] else 0).norm(dim=1) for r in ref.values()]) if ref else None
     sample_floor = VANISHING_FRACTION * sample_norms.max(0).values if ref else None
     empty = bool(ref) and next(iter(ref.values())).shape[0] == 0
     for name in names:
@@ -145,11 +145,11 @@ def compare(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) 
             continue
         diff = got - ref[name]
         result.relative[name] = diff.norm().item() / max(ref[name].norm().item(), floor, 1e-300)
-        per = diff.flatten(1).norm(dim=1) / torch.maximum(
-            ref[name].flatten(1).norm(dim=1), sample_floor
-        ).clamp_min(1e-300)
         if empty:  # a batch of none: the shapes are the whole answer
             continue
+        per = diff.reshape(diff.shape[0], -1).norm(dim=1) / torch.maximum(
+            ref[name].reshape(diff.shape[0], -1).norm(dim=1), sample_floor
+        ).clamp_min(1e-300)
         result.per_sample[name] = per.max().item()
         result.worst_sample[name] = int(per.argmax())
     return result

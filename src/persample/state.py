@@ -1,9 +1,11 @@
-"""Leaving the model as it was found: buffers a forward updates, the global random state, copies.
+"""Leaving the model as it was found: buffers and attributes a forward updates, `.grad`, the global
+random state; and the model widened to float32 for the checks, in place.
 
 A forward may update buffers (a call counter, running statistics, spectral norm's power
-iteration) and draw random numbers (dropout). Per-sample gradients are defined for the model as
-found, so every method computes them from the found buffers and restores buffers and the random
-state afterwards.
+iteration), plain attributes (a Python counter, `self.last = x`) and draw random numbers
+(dropout); a loss that reads a parameter through a closure may make a peer's `.backward()` write
+its `.grad`. Per-sample gradients are defined for the model as found, so every method computes
+them from the found state and everything is restored afterwards.
 """
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+
+SMALL_BUFFER = 1 << 16  # elements: buffers up to this size are saved before every step
 
 
 def buffer_slots(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
@@ -28,9 +33,10 @@ def buffer_slots(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
 class BufferSnapshot:
     """The buffers' objects and versions, and the values of those that may change in place.
 
-    `copy`: qualified names of the buffers whose values to save (None: all). A prepared step saves
-    only the buffers its preparation saw the forward modify, so a large constant buffer (a causal
-    mask) costs nothing per step.
+    `copy`: qualified names of the buffers whose values to save whatever their size (None: all).
+    A prepared step saves those its preparation saw the forward modify, and every small one (a
+    counter or statistics a forward might update on a path the example batch did not take), so a
+    large constant buffer (a causal mask) costs nothing per step.
     """
 
     def __init__(self, model: nn.Module, copy: frozenset[str] | None = None) -> None:
@@ -38,7 +44,7 @@ class BufferSnapshot:
         self.objects = [module._buffers[name] for module, name, _ in self.slots]
         self.versions = [t._version for t in self.objects]
         self.values = [
-            t.detach().clone() if copy is None or qualname in copy else None
+            t.detach().clone() if copy is None or qualname in copy or t.numel() <= SMALL_BUFFER else None
             for (_, _, qualname), t in zip(self.slots, self.objects)
         ]
 
@@ -75,15 +81,71 @@ def _rng_devices(model: nn.Module) -> list[int]:
     return sorted({t.device.index or 0 for t in model.parameters() if t.device.type == "cuda"})
 
 
+INTERNAL = frozenset({"_parameters", "_buffers", "_modules", "training"}) | {
+    key for key in vars(nn.Module()) if key.endswith("hooks") or key.startswith("_")
+}
+
+
+class StateSnapshot:
+    """Each parameter's `.grad` and each module's plain attributes (by reference)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.grads = [(p, p.grad) for p in model.parameters()]
+        self.attributes = [
+            (module, {k: v for k, v in vars(module).items() if k not in INTERNAL}) for module in model.modules()
+        ]
+
+    def restore(self) -> None:
+        for param, grad in self.grads:
+            if param.grad is not grad:
+                param.grad = grad
+        for module, attributes in self.attributes:
+            found = vars(module)
+            for key, value in attributes.items():
+                if found.get(key, _MISSING) is not value:
+                    found[key] = value
+            for key in [k for k in found if k not in attributes and k not in INTERNAL]:
+                del found[key]  # set by the forward (a cache, `self.last = x`): not there before
+
+
+_MISSING = object()
+
+
 @contextmanager
 def preserved(model: nn.Module, copy: frozenset[str] | None = None) -> Iterator[BufferSnapshot]:
-    """Run the block, then restore the model's buffers and the global random state."""
+    """Run the block, then restore the model's buffers, `.grad`, plain attributes and the global
+    random state."""
     snapshot = BufferSnapshot(model, copy)
+    state = StateSnapshot(model)
     with torch.random.fork_rng(devices=_rng_devices(model)):
         try:
             yield snapshot
         finally:
+            state.restore()
             snapshot.restore()
+
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+@contextmanager
+def widened(model: nn.Module) -> Iterator[bool]:
+    """The model's half-precision parameters and buffers in float32 for the block, in place (the
+    same Parameter objects, so closures and hooks that hold them still see them), then back: a
+    half value goes to float32 and back exactly. Yields whether anything was widened."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.dtype in HALF]
+    saved = [(t, t.data, t.grad) for t in tensors]
+    for tensor in tensors:
+        tensor.data = tensor.data.float()
+        if isinstance(tensor, nn.Parameter) and tensor.grad is not None:
+            tensor.grad = None  # a half .grad cannot stay on a float32 parameter; put back below
+    try:
+        yield bool(tensors)
+    finally:
+        for tensor, data, grad in saved:
+            tensor.data = data
+            if isinstance(tensor, nn.Parameter):
+                tensor.grad = grad
 
 
 def rng_state(model: nn.Module) -> tuple:

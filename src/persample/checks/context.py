@@ -1,16 +1,21 @@
 """The model, loss and batch the checks run on: float32 or wider, autocast off, a few samples.
 
-Whatever the mode, the checks compute in float32 or wider (a half-precision model is checked on a
-float32 copy) with autocast disabled, so a 5% discrepancy stands far above rounding. They run on
-the first `CHECK_SAMPLES` samples of the example batch (the whole batch if the model refuses a
-smaller one), and leave the model's buffers and the global random state as they found them.
+Whatever the mode, the checks compute in float32 or wider with autocast disabled, so a 5%
+discrepancy stands far above rounding: a half-precision model is widened to float32 in place for
+the duration of each check (`persample.state.widened`: the same Parameter objects, so a loss that
+reads a parameter through a closure, or a hook on a parameter, is checked as it will run) and
+narrowed back exactly. The checks run on `CHECK_SAMPLES` samples of the example batch chosen to
+show what a few samples can: the first and the last, and those with the largest and the smallest
+inputs (batch-level extremes drive data-dependent branches and scales); the whole batch if the
+model refuses a smaller one. Buffers, attributes and the global random state are left as found.
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+
+import time
 
 import torch
 from torch import nn
@@ -18,10 +23,9 @@ from torch import nn
 from ..batch import CallArgs
 from ..contract import LossFn, trainable_parameters
 from ..observe import Observation, observe
-from ..state import copy_model
+from ..state import HALF, widened
 
 CHECK_SAMPLES = 4
-HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -38,7 +42,7 @@ class CheckReport:
 
 
 @contextmanager
-def no_autocast():
+def no_autocast() -> Iterator[None]:
     """Disable autocast on every device type for the block."""
     with ExitStack() as stack:
         for device_type in ("cpu", "cuda"):
@@ -47,26 +51,47 @@ def no_autocast():
         yield
 
 
+def check_rows(call: CallArgs, size: int) -> list[int]:
+    """Up to `size` sample indices: the first, the last, then those whose inputs have the largest and
+    the smallest norm (over every floating or integer tensor input), then the next in order."""
+    batch = call.batch_size
+    norms = torch.zeros(batch, dtype=torch.float64)
+    for _, tensor in call.tensors():
+        if tensor.dim() > 0 and tensor.shape[0] == batch and tensor.numel():
+            norms += tensor.detach().reshape(batch, -1).double().cpu().norm(dim=1)
+    order = [0, batch - 1, int(norms.argmax()), int(norms.argmin()), *range(batch)]
+    return sorted(_first_unique(order, size))
+
+
+def _first_unique(values: list[int], size: int) -> set[int]:
+    chosen: list[int] = []
+    for value in values:
+        if value not in chosen:
+            chosen.append(value)
+        if len(chosen) == size:
+            break
+    return set(chosen)
+
+
 class CheckContext:
-    """The example batch and model as the checks see them; observations are made once and kept."""
+    """The example batch as the checks see it; the instrumented forward is made once and kept."""
 
     def __init__(self, method_name: str, model: nn.Module, loss_fn: LossFn, call: CallArgs, targets: torch.Tensor,
                  capture: Callable[[nn.Module], frozenset[nn.Module]] | None = None) -> None:
-        """`capture(check_model)`: the modules whose calls the observation records."""
+        """`capture(model)`: the modules whose calls the observation records."""
         self.method_name = method_name
-        self.model, self.loss_fn, self.call, self.targets = model, loss_fn, call, targets
+        self.model, self.loss_fn = model, loss_fn
+        self.check_model = model
         self.report = CheckReport()
         dtype = next(iter(trainable_parameters(model).values())).dtype
         self.widened = dtype in HALF
         if self.widened:
-            self.check_model = copy_model(model).float()
             call, targets = call.map(_widen), _widen(targets)
-        else:
-            self.check_model = model
         self.full_call, self.full_targets = call, targets
-        size = min(call.batch_size, CHECK_SAMPLES)
-        self.check_call, self.check_targets = call.select(slice(0, size)), targets[:size]
-        self.capture = capture(self.check_model) if capture else frozenset()
+        rows = torch.tensor(check_rows(call, CHECK_SAMPLES), device=targets.device)
+        self.rows = rows.tolist()
+        self.check_call, self.check_targets = call.select(rows), targets[rows]
+        self.capture = capture(model) if capture else frozenset()
         self._observation: Observation | None = None
         self.mutated_buffers: frozenset[str] = frozenset()
 
@@ -78,29 +103,36 @@ class CheckContext:
     def params(self) -> dict[str, nn.Parameter]:
         return trainable_parameters(self.check_model)
 
-    def observation(self) -> Observation:
-        """The instrumented forward of the check batch (made once, kept with its graph)."""
-        if self._observation is None:
-            with no_autocast():
-                try:
-                    found = observe(self.check_model, self.loss_fn, self.check_call, self.check_targets, capture=self.capture)
-                except Exception:
-                    if self.check_targets.shape[0] == self.full_targets.shape[0]:
-                        raise
-                    # A model that needs its full batch (a fixed-size state): check on all of it.
-                    self.check_call, self.check_targets = self.full_call, self.full_targets
-                    found = observe(self.check_model, self.loss_fn, self.check_call, self.check_targets, capture=self.capture)
-            self._observation = found
-        return self._observation
-
     @contextmanager
-    def timed(self):
-        """Count the block's time as the checks' (building the step is not a check)."""
+    def checking(self) -> Iterator[None]:
+        """The block is a check: timed, autocast off, the model widened to float32 if it is half."""
         start = time.perf_counter()
         try:
-            yield
+            with no_autocast(), widened(self.model):
+                yield
         finally:
             self.report.seconds += time.perf_counter() - start
+
+    def observation(self) -> Observation:
+        """The instrumented forward of the check batch (made once, inside a `checking` block). Its
+        graph is for checks made in the same block; later ones make a fresh forward (`forward`)."""
+        if self._observation is None:
+            try:
+                found = observe(self.model, self.loss_fn, self.check_call, self.check_targets, capture=self.capture)
+            except Exception:
+                if self.check_targets.shape[0] == self.full_targets.shape[0]:
+                    raise
+                # A model that needs its full batch (a fixed-size state): check on all of it.
+                self.check_call, self.check_targets = self.full_call, self.full_targets
+                self.rows = list(range(self.full_targets.shape[0]))
+                found = observe(self.model, self.loss_fn, self.check_call, self.check_targets, capture=self.capture)
+            self._observation = found
+            self.mutated_buffers = frozenset(found.mutated_buffers)
+        return self._observation
+
+    def forward(self) -> Observation:
+        """A fresh forward of the check batch recording the captured calls, with its own graph."""
+        return observe(self.model, self.loss_fn, self.check_call, self.check_targets, capture=self.capture, watch=False)
 
     def ran(self, name: str) -> None:
         self.report.ran.append(name)
@@ -109,9 +141,7 @@ class CheckContext:
         self.report.skipped[name] = why
 
     def finish(self) -> CheckReport:
-        if self._observation is not None:  # keep what the step needs, free the graph
-            self.mutated_buffers = frozenset(self._observation.mutated_buffers)
-            self._observation = None
+        self._observation = None  # frees the graph
         return self.report
 
 

@@ -3,8 +3,10 @@
 A layer's rule reads row i of its input and of its output gradient as sample i's. That fails
 silently when a layer is called time-major ((T, B, ...), even with T == B), on a flattened batch,
 on an input shared by every sample (positions), or after samples were mixed. Two looks settle it
-on the check batch: every captured input and output has the batch size on dim 0; and when sample
-j is replaced by another sample, no other row of any captured input or output changes.
+on the check batch: every captured input and output has the batch size on dim 0; and when any
+one sample j is replaced by another sample, no other row of any captured input or output changes
+(each sample in turn: a coupling may run one way only, or through the sample holding a batch
+extreme).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from torch.utils._pytree import tree_leaves
 from ..assumptions import BATCH_FIRST
 from ..capabilities import Finding, refusal
 from ..observe import LayerCall, observe
-from .context import CheckContext, no_autocast
+from .context import CheckContext
 
 RELATIVE = 1e-5  # rows of other samples are recomputed from the same values: equal up to rounding
 
@@ -30,30 +32,30 @@ def probe_batch_layout(context: CheckContext) -> None:
         if finding is not None:
             raise refusal(finding, BATCH_FIRST.id, context.method_name)
     context.ran("batch on dim 0")
-    pair = _differing_samples(context)
-    if pair is None:
+    pairs = _differing_samples(context)
+    if not pairs:
         context.skipped("sample independence", "the check batch has fewer than two different samples")
         return
-    j, k = pair
-    perturbed = context.check_call.map(lambda t: _replace_row(t, j, k))
-    with no_autocast():
+    for j, k in pairs:  # every sample in turn: coupling may run one way only (sample i reads i - 1)
+        perturbed = context.check_call.map(lambda t: _replace_row(t, j, k))
         again = observe(context.check_model, context.loss_fn, perturbed, _replace_row(context.check_targets, j, k),
                         capture=capture, watch=False)
-    repeated = [c for c in again.calls if c.grad_enabled]
-    if [c.module for c in repeated] != [c.module for c in calls]:
-        raise refusal(Finding(
-            f"the layers with rules were called in a different order or number when sample {j} changed: "
-            "the model's control flow depends on the batch's values, so the rules cannot pair a layer's "
-            "input with its output gradient"), BATCH_FIRST.id, context.method_name)
-    for before, after in zip(calls, repeated):
-        for what, a, b in (("input", before.input, after.input), ("output", before.output, after.output)):
-            change = _other_rows_change(a, b, j)
-            if change is not None:
-                raise refusal(Finding(
-                    f"is called with an {what} whose rows of other samples changed (by {change:.2g}, relative) "
-                    f"when only sample {j} changed: row i is not computed from sample i alone. Either the batch "
-                    "is not on dim 0 (a time-major layer, e.g. with T == B) or samples were mixed before it",
-                    before.qualname, before.module), BATCH_FIRST.id, context.method_name)
+        repeated = [c for c in again.calls if c.grad_enabled]
+        if [c.module for c in repeated] != [c.module for c in calls]:
+            raise refusal(Finding(
+                f"the layers with rules were called in a different order or number when sample {j} changed: "
+                "the model's control flow depends on the batch's values, so the rules cannot pair a layer's "
+                "input with its output gradient"), BATCH_FIRST.id, context.method_name)
+        for before, after in zip(calls, repeated):
+            for what, a, b in (("input", before.input, after.input), ("output", before.output, after.output)):
+                change = _other_rows_change(a, b, j)
+                if change is not None:
+                    raise refusal(Finding(
+                        f"is called with an {what} whose rows of other samples changed (by {change:.2g}, relative) "
+                        f"when only sample {j} changed: row i is not computed from sample i alone. Either the batch "
+                        "is not on dim 0 (a time-major layer, e.g. with T == B) or samples were mixed before it (a "
+                        "batch statistic, a shift along the batch, a branch on a batch-level value)",
+                        before.qualname, before.module), BATCH_FIRST.id, context.method_name)
     context.ran("sample independence")
 
 
@@ -73,17 +75,17 @@ def _shape_finding(call: LayerCall, batch: int) -> Finding | None:
     return None
 
 
-def _differing_samples(context: CheckContext) -> tuple[int, int] | None:
-    """(j, k): the last sample and the first one whose inputs differ from it."""
+def _differing_samples(context: CheckContext) -> list[tuple[int, int]]:
+    """(j, k) for every sample j of the check batch: k, the next sample whose inputs differ from j's."""
     batch = context.batch_size
-    if batch < 2:
-        return None
-    j = batch - 1
     tensors = [t for _, t in context.check_call.tensors()]
-    for k in range(batch - 1):
-        if any(not torch.equal(t[j], t[k]) for t in tensors):
-            return j, k
-    return None
+    pairs = []
+    for j in range(batch):
+        others = [(j + step) % batch for step in range(1, batch)]
+        k = next((k for k in others if any(not torch.equal(t[j], t[k]) for t in tensors)), None)
+        if k is not None:
+            pairs.append((j, k))
+    return pairs
 
 
 def _replace_row(tensor: torch.Tensor, j: int, k: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from ..errors import LossNotPerSample
 from ..state import preserved
-from .context import CheckContext, no_autocast
+from .context import CheckContext
 
 RELATIVE = 1e-4  # losses computed alone and in the batch differ only by rounding (float32 or wider)
 
@@ -52,8 +52,8 @@ def check_loss_per_sample(context: CheckContext) -> None:
     if not batch_first and observed.draws_random_numbers:
         context.skipped("loss alone", "the model's outputs are not batch first and its forward draws random numbers")
         return
-    for i in sorted({0, batch - 1}):
-        with torch.no_grad(), no_autocast(), preserved(context.check_model):
+    for i in range(batch):
+        with torch.no_grad(), preserved(context.check_model):
             if batch_first:
                 sample_outputs = tree_map(lambda t: t[i : i + 1] if isinstance(t, torch.Tensor) else t, outputs)
             else:

@@ -18,7 +18,7 @@ from ..capabilities import Finding, refusal
 from ..gradients import gradients
 from ..reference import SELF_CHECK, compare
 from ..state import preserved
-from .context import CheckContext, no_autocast
+from .context import CheckContext
 
 
 def sample_weights(batch: int, device: torch.device) -> torch.Tensor:
@@ -38,8 +38,7 @@ def weighted_identity(
     """Raise unless Σᵢ wᵢ gᵢ equals the gradient of Σᵢ wᵢ ℓᵢ (`losses`' graph is consumed)."""
     params = context.params
     weights = sample_weights(losses.shape[0], losses.device)
-    with no_autocast():
-        batch_grads = gradients((weights.to(losses.dtype) * losses).sum(), list(params.values()))
+    batch_grads = gradients((weights.to(losses.dtype) * losses).sum(), list(params.values()))
     got = {n: torch.einsum("b,b...->...", weights, per_sample[n].detach().double()).unsqueeze(0) for n in params}
     want = {n: g.detach().double().unsqueeze(0) for n, g in zip(params, batch_grads)}
     _judge(context, got, want, "Σᵢ wᵢ gᵢ against the gradient of Σᵢ wᵢ ℓᵢ", hint)
@@ -53,7 +52,7 @@ def definition_check(context: CheckContext, per_sample: dict[str, torch.Tensor],
         return
     params = context.params
     for row in range(context.batch_size):
-        with preserved(context.check_model), no_autocast(), torch.enable_grad():
+        with preserved(context.check_model), torch.enable_grad():
             sample = context.check_call.select(row)
             loss = context.loss_fn(sample.call(context.check_model), context.check_targets[row : row + 1])[0]
             alone = gradients(loss, list(params.values()))
@@ -78,11 +77,11 @@ def verify_answer(context: CheckContext, method) -> None:
     """For a method that does not check itself (a peer, a plugin): its answer on the check batch,
     each sample against its gradient alone. Raises `Unsupported` when it disagrees, or when it
     cannot be verified because the forward draws random numbers."""
-    if context.observation().draws_random_numbers:
-        raise refusal(Finding("cannot be verified on this model: its forward draws random numbers (dropout in "
-                              "training mode), so no sample's gradient can be recomputed alone"),
-                      MATCHES_DEFINITION.id, method.name)
-    step = method.prepare(context.check_model, context.loss_fn, (context.check_call, context.check_targets))
-    with no_autocast():
+    with context.checking():
+        if context.observation().draws_random_numbers:
+            raise refusal(Finding("cannot be verified on this model: its forward draws random numbers (dropout in "
+                                  "training mode), so no sample's gradient can be recomputed alone"),
+                          MATCHES_DEFINITION.id, method.name)
+        step = method.prepare(context.model, context.loss_fn, (context.check_call, context.check_targets))
         per_sample = step(context.check_call, context.check_targets)
-    definition_check(context, per_sample)
+        definition_check(context, per_sample)

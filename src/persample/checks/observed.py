@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..assumptions import AUTOGRAD_FUNCTIONS, GRAD_MODE, OWN_LAYER, PLAIN_FORWARD
+from ..assumptions import AUTOGRAD_FUNCTIONS, GRAD_MODE, OUTPUT_GRADIENTS, OWN_LAYER, PLAIN_FORWARD
+from ..gradients import needs_backward
 from ..capabilities import Finding, refusal
 from ..observe import Observation
 from .context import CheckContext
@@ -35,6 +36,17 @@ def foreign_use(observed: Observation) -> Finding | None:
                 "torch.utils.checkpoint(..., use_reentrant=False), or another method",
                 call.qualname, call.module,
             )
+    return None
+
+
+def reentrant_checkpoint(observed: Observation) -> Finding | None:
+    """The graph holds reentrant checkpointing: no gradient with respect to a layer's output."""
+    if needs_backward(observed.losses):
+        where = observed.autograd_functions.get("CheckpointFunction", "the forward")
+        return Finding(
+            f"the forward uses torch.utils.checkpoint with use_reentrant=True (in {where}), which refuses "
+            "torch.autograd.grad: the gradient with respect to each layer's output, that the rules need, "
+            "cannot be taken")
     return None
 
 
@@ -69,6 +81,7 @@ def custom_function(observed: Observation) -> Finding | None:
 
 CHECKERS: dict[str, Callable[[Observation], Finding | None]] = {
     OWN_LAYER.id: foreign_use,
+    OUTPUT_GRADIENTS.id: reentrant_checkpoint,
     PLAIN_FORWARD.id: differentiates,
     GRAD_MODE.id: no_grad_region,
     AUTOGRAD_FUNCTIONS.id: custom_function,

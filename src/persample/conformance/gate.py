@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..assumptions import LOSS_PER_SAMPLE, SAMPLES_INDEPENDENT
+from ..assumptions import LOSS_PER_SAMPLE, SAMPLES_INDEPENDENT, SETTING
 from ..deviations import Deviation
 from .expectations import Expectations
 from .records import Record
@@ -44,6 +44,8 @@ def verdict(record: Record, breaks: frozenset[str], peer: bool, expectations: Ex
     if SAMPLES_INDEPENDENT.id in breaks:
         ok = record.outcome == "unsupported" and record.assumption == SAMPLES_INDEPENDENT.id
         return _expect(ok, f"expected a refusal ({SAMPLES_INDEPENDENT.id}); got {what}")
+    if record.outcome == "unsupported" and record.declared and record.assumption == SETTING.id:
+        return Verdict("skip", f"unsupported: {record.reason}")  # a mode or device it does not offer
     expected = expectations.get(record.method, record.workload, record.dtype)
     if expected is not None:
         ok = expected.matches(record.outcome, record.assumption, record.error)

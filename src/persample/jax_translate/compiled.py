@@ -49,12 +49,14 @@ def single_sample_loss(program: Program, trainable: dict, constants: dict, input
 
 
 def per_sample_gradients(translation: Translation, optimize: bool = True) -> Callable:
-    """`f(trainable, constants, inputs, targets) -> {name: (B, *shape)}`, jitted and cached."""
+    """`f(trainable, constants, inputs, targets) -> (losses (B,), {name: (B, *shape)})`, jitted and
+    cached. The losses come with the gradients (one pass) so that a step can see a non-finite one:
+    JAX computes NaN where torch raises on an index out of range."""
     key = f"optimize={optimize}\n{translation.key()}"
     if key in _COMPILED:
         _COMPILED.move_to_end(key)
         return _COMPILED[key]
-    grad = jax.grad(partial(single_sample_loss, translation.program))
+    grad = jax.value_and_grad(partial(single_sample_loss, translation.program))
     options = ROUND_LIKE_TORCH if optimize else QUICK_COMPILE
     compiled = jax.jit(jax.vmap(grad, in_axes=(None, None, 0, 0)), compiler_options=options)
     _COMPILED[key] = compiled

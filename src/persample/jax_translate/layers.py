@@ -24,7 +24,10 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
             "embedding with max_norm (renormalises the weight in place) or scale_grad_by_freq "
             "(couples the samples) has no per-sample translation; pass max_norm=None and "
             "scale_grad_by_freq=False", method="jax", layer="embedding")
-    rows = weight[input]
+    # An index out of range (negative ones included: JAX would wrap them) gives NaN where torch
+    # raises IndexError; the step then reports the samples.
+    outside = (input < 0) | (input >= weight.shape[0])
+    rows = jnp.where(outside[..., None], jnp.nan, weight.at[input].get(mode="fill", fill_value=jnp.nan))
     if padding_idx is None:
         return rows
     padding = input == padding_idx % weight.shape[0]

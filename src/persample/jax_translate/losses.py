@@ -47,8 +47,13 @@ def negative_log_likelihood(logp, target, weight, ignore_index, reduction, label
         return reduced(losses, reduction, losses.size)
     valid = target != ignore_index
     safe = jnp.where(valid, target, 0)
-    picked = jnp.take_along_axis(logp, jnp.expand_dims(safe, axis), axis=axis).squeeze(axis)
-    target_weights = class_weights[safe] * valid
+    # A class out of range (negative ones included: JAX would wrap them) gives NaN where torch
+    # raises: the step reports the samples.
+    outside = valid & ((target < 0) | (target >= classes))
+    picked = jnp.take_along_axis(logp, jnp.expand_dims(safe, axis), axis=axis, mode="fill",
+                                 fill_value=jnp.nan).squeeze(axis)
+    picked = jnp.where(outside, jnp.nan, picked)
+    target_weights = class_weights.at[safe].get(mode="fill", fill_value=jnp.nan) * valid
     losses = -picked * target_weights
     if label_smoothing > 0:
         smooth = -jnp.sum(logp * broadcast, axis=axis) * valid

@@ -6,6 +6,7 @@ step between calls is seen; the model itself is never written to.
 from __future__ import annotations
 
 import jax
+import numpy as np
 import torch
 
 from ..contract import Inputs, as_tuple
@@ -71,11 +72,18 @@ class PerSampleStep:
     def __call__(self, inputs: Inputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         x64 = self.x64
         with jax.enable_x64(x64), jax.default_matmul_precision(self.precision):
-            grads = self.gradients(
+            losses, grads = self.gradients(
                 {name: to_jax(p, x64) for name, p in self.trainable.items()},
                 {name: to_jax(t, x64) for name, t in self.constants.items()},
                 tuple(to_jax(x, x64) for x in as_tuple(inputs)),
                 to_jax(targets, x64),
             )
             grads = jax.block_until_ready(grads)
+            finite = np.isfinite(np.asarray(losses))
+        if not finite.all():
+            samples = np.flatnonzero(~finite).tolist()
+            raise ValueError(
+                f"the jax step computed a non-finite loss for samples {samples[:10]}: JAX does not raise on an "
+                "index out of range (a target class or token id beyond its table), it computes NaN there, where "
+                "torch raises IndexError; check those samples' indices (or the model's loss is not finite for them)")
         return {name: to_torch(grads[name], self.device) for name in self.trainable}

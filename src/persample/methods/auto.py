@@ -17,8 +17,35 @@ from torch import nn
 
 from ..batch import CallArgs
 from ..contract import Batch, LossFn, default_loss, trainable_parameters
+from ..errors import StaleStep
 from .base import Method, PreparedStep
 from .registry import Capabilities, register
+
+
+class AutoStep(PreparedStep):
+    """The chosen method's step; when its guard finds the model taking another path than when it
+    was prepared (`StaleStep`), `auto` chooses again on that batch."""
+
+    def __init__(self, auto: Method, choice, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__(auto, model, loss_fn, None)
+        self._adopt_choice(choice)
+
+    def _adopt_choice(self, choice) -> None:
+        self.inner, self.choice = choice.step, choice
+        self.method, self.checks, self.placement = choice.step.method, choice.step.checks, choice.step.placement
+        self.prepare_seconds = choice.step.prepare_seconds
+
+    def __call__(self, inputs, targets):
+        try:
+            return self.inner(inputs, targets)
+        except StaleStep:
+            from ..selection import explain_choice
+
+            call = CallArgs.of(inputs)
+            param = next(iter(self.params.values()))
+            self._adopt_choice(explain_choice(self.model, param.device, param.dtype, call.batch_size,
+                                              example_batch=(call, targets), loss_fn=self.loss_fn))
+            return self.inner(call, targets)
 
 
 @register
@@ -45,9 +72,7 @@ class AutoMethod(Method):
         param = next(iter(params.values()))
         choice = explain_choice(model, param.device, param.dtype, call.batch_size,
                                 example_batch=(call, targets), loss_fn=loss_fn)
-        step = choice.step
-        step.choice = choice
-        return step
+        return AutoStep(self, choice, model, loss_fn)
 
     def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch):
         raise NotImplementedError("auto prepares through the method it chooses")

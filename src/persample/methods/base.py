@@ -146,11 +146,12 @@ class Method(ABC):
         start = time.perf_counter()
         context = checks.CheckContext(self.name, model, loss_fn, call, targets, self.captured_layers)
         try:
-            with context.timed():
+            with context.checking():
                 checks.check_loss_per_sample(context)
                 self._check_assumptions(context)
-            raw = self._build(context, model, loss_fn, (call if self.takes_call_args else call.to_user(), targets))
-            with context.timed():
+            with preserved(model):
+                raw = self._build(context, model, loss_fn, (call if self.takes_call_args else call.to_user(), targets))
+            with context.checking(), preserved(model):
                 self._self_check(context, raw)
         except Unsupported as refused:
             raise self._with_alternatives(refused, model, param.device, param.dtype) from None

@@ -25,6 +25,8 @@ from ..batch import CallArgs
 from ..capabilities import Finding, refusal
 from ..contract import Batch, LossFn, trainable_parameters
 from ..gradients import gradients
+from ..checks.guard import check_no_gradient_outside
+from ..observe import first_input
 from ..rules import LayerRule, rule_types
 from ..state import preserved
 from .hooks import IDENTITY_HINT
@@ -58,20 +60,26 @@ def per_sample_forwards(
 
 
 def _bound(rule: LayerRule, module: nn.Module, weights: dict[str, torch.Tensor]):
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return rule.expanded_forward(module, x, weights)
+    def forward(*args, **kwargs) -> torch.Tensor:
+        return rule.expanded_forward(module, first_input(args, kwargs), weights)
 
     return forward
 
 
 def expanded_step(model: nn.Module, loss_fn: LossFn, rules, params, call: CallArgs, targets: torch.Tensor,
-                  expanded: dict[int, torch.Tensor], retain_graph: bool = False):
-    """(per-sample gradients, losses) from one expanded forward and one backward."""
+                  expanded: dict[int, torch.Tensor], retain_graph: bool = False, guard: bool = False):
+    """(per-sample gradients, losses) from one expanded forward and one backward. With `guard`,
+    the same backward gives what reaches the parameters themselves, which, the expanded copies
+    being detached, is only what flows outside their layers' calls: it must be none."""
     batch = targets.shape[0]
     with per_sample_forwards(rules, expanded, batch):
         losses = loss_fn(call.call(model), targets)
         leaves = [expanded[id(p)] for p in params.values()]
-        grads = gradients(losses.sum(), leaves, retain_graph=retain_graph)
+        extra = [p for p in params.values() if guard]
+        grads = gradients(losses.sum(), leaves + extra, retain_graph=retain_graph, dense=not guard)
+    if guard:
+        check_no_gradient_outside(dict(zip(params, grads[len(leaves):])), "expand")
+        grads = [g if g is not None else torch.zeros_like(leaf) for g, leaf in zip(grads[: len(leaves)], leaves)]
     return dict(zip(params, grads)), losses
 
 
@@ -85,14 +93,20 @@ class ExpandMethod(RuleBasedMethod):
         refusals=REFUSALS,
     )
 
+    def __init__(self, guard: bool = True) -> None:
+        """`guard=False` drops the per-call check that no gradient reaches a parameter outside its
+        layer (`persample.checks.guard`)."""
+        self.guard = guard
+
     def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch):
         rules = owners_with_rules(model)
         params = trainable_parameters(model)
+        guard = self.guard
 
         def step(call: CallArgs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
             batch = targets.shape[0]
             expanded = {id(p): p.detach().unsqueeze(0).expand(batch, *p.shape).requires_grad_() for p in params.values()}
-            return expanded_step(model, loss_fn, rules, params, call, targets, expanded)[0]
+            return expanded_step(model, loss_fn, rules, params, call, targets, expanded, guard=guard)[0]
 
         return step
 
@@ -101,20 +115,19 @@ class ExpandMethod(RuleBasedMethod):
         losses against the plain forward's (the rules' batched forms compute the same model). A
         forward that draws random numbers is held against its own graph instead (same masks)."""
         model, params, batch = context.check_model, context.params, context.batch_size
-        observed = context.observation()
-        random = observed.draws_random_numbers
+        random = context.observation().draws_random_numbers
+        plain = None if random else context.forward()
         expanded = {id(p): p.unsqueeze(0).expand(batch, *p.shape) if random
                     else p.detach().unsqueeze(0).expand(batch, *p.shape).requires_grad_() for p in params.values()}
-        with preserved(model), checks.context.no_autocast(), torch.enable_grad():
+        with preserved(model), torch.enable_grad():
             per_sample, losses = expanded_step(model, context.loss_fn, owners_with_rules(model), params,
                                                context.check_call, context.check_targets, expanded, retain_graph=random)
             if random:
                 checks.weighted_identity(context, per_sample, losses, IDENTITY_HINT)
                 return
-        plain = observed.losses.detach()
-        difference = (losses.detach() - plain).abs().max().item()
-        if difference > LOSS_RELATIVE * max(plain.abs().max().item(), 1e-30):
+        difference = (losses.detach() - plain.losses.detach()).abs().max().item()
+        if difference > LOSS_RELATIVE * max(plain.losses.detach().abs().max().item(), 1e-30):
             raise refusal(Finding(
                 f"computes other losses than the model with its layers' batched forms (off by {difference:.3g}): "
                 "a layer's forward is not the one its rule describes"), MATCHES_DEFINITION.id, self.name)
-        checks.weighted_identity(context, per_sample, observed.losses, IDENTITY_HINT)
+        checks.weighted_identity(context, per_sample, plain.losses, IDENTITY_HINT)

@@ -22,10 +22,11 @@ from ..assumptions import INTACT_OUTPUTS
 from ..batch import CallArgs
 from ..capabilities import Finding, refusal
 from ..contract import Batch, LossFn, trainable_parameters
-from ..observe import LayerCall
+from ..checks.guard import SumGuard
+from ..observe import LayerCall, first_input
 from ..rules import LayerRule, rule_types
 from .registry import Capabilities, register
-from ..assumptions import PLAIN_FORWARD
+from ..assumptions import OUTPUT_GRADIENTS, PLAIN_FORWARD
 from .rule_based import REFUSALS, RELIES_ON, RuleBasedMethod, RuleLookup, owners_with_rules
 
 IDENTITY_HINT = (
@@ -38,10 +39,10 @@ def capture_calls(model: nn.Module, layers, call: CallArgs) -> tuple[object, lis
     """Run the model, recording (input, own output) of every call of every module in `layers`."""
     calls: list[LayerCall] = []
 
-    def record(module, args, output):
-        calls.append(LayerCall(module, "", args[0], output, output._version, torch.is_grad_enabled(), None))
+    def record(module, args, kwargs, output):
+        calls.append(LayerCall(module, "", first_input(args, kwargs), output, output._version, torch.is_grad_enabled(), None))
 
-    handles = [module.register_forward_hook(record, prepend=True) for module in layers]
+    handles = [module.register_forward_hook(record, prepend=True, with_kwargs=True) for module in layers]
     try:
         outputs = call.call(model)
     finally:
@@ -58,13 +59,16 @@ def grads_from_calls(
     method: str,
     *,
     retain_graph: bool = False,
+    guard: SumGuard | None = None,
 ) -> dict[str, torch.Tensor]:
     """Each call's rule applied to (input, ∂Σℓ/∂output), summed per parameter (reused or tied
     layers add up); a parameter that no call reached gets zeros. Calls whose output carries no
-    gradient (made under torch.no_grad()) contribute nothing."""
+    gradient (made under torch.no_grad()) contribute nothing. With a `guard`, the same backward
+    also gives the batch gradient, and Σᵢ gᵢ is held against it (`persample.checks.guard`)."""
     live = [c for c in calls if isinstance(c.output, torch.Tensor) and c.output.requires_grad]
-    grad_outputs = torch.autograd.grad(losses.sum(), [c.output for c in live], allow_unused=True,
-                                       retain_graph=retain_graph) if live else []
+    targets = [c.output for c in live] + (list(params.values()) if guard is not None else [])
+    grads = torch.autograd.grad(losses.sum(), targets, allow_unused=True, retain_graph=retain_graph) if targets else []
+    grad_outputs, batch_grads = grads[: len(live)], dict(zip(params, grads[len(live):]))
     _check_outputs_intact(live, method)
     batch = losses.shape[0]
     rules: dict[nn.Module, LayerRule] = {}
@@ -80,10 +84,13 @@ def grads_from_calls(
                 by_param[key] = grad if key not in by_param else by_param[key] + grad
     # Zeros only for parameters no call reached (a `get` default would allocate them for every
     # parameter, doubling the peak memory).
-    return {
+    per_sample = {
         name: by_param[id(p)] if id(p) in by_param else p.new_zeros(batch, *p.shape)
         for name, p in params.items()
     }
+    if guard is not None:
+        guard.check(per_sample, batch_grads)
+    return per_sample
 
 
 def _check_outputs_intact(calls: list[LayerCall], method: str) -> None:
@@ -96,25 +103,32 @@ def _check_outputs_intact(calls: list[LayerCall], method: str) -> None:
 
 
 class HooksLikeMethod(RuleBasedMethod):
-    """Forward capture + output gradients + a rule per layer; subclasses pick the rules."""
+    """Forward capture + output gradients + a rule per layer; subclasses pick the rules.
+
+    `guard=False` drops the per-call check of Σᵢ gᵢ against the batch gradient
+    (`persample.checks.guard`): a little faster, for models whose path cannot change between batches.
+    """
+
+    def __init__(self, guard: bool = True) -> None:
+        self.guard = guard
 
     def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch):
         layers = list(owners_with_rules(model, self.rule_lookup()))
         params = trainable_parameters(model)
         lookup, name = self.rule_lookup(), self.name
+        guard = SumGuard(params, name) if self.guard else None
 
         def step(call: CallArgs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
             outputs, calls = capture_calls(model, layers, call)
-            return grads_from_calls(params, calls, loss_fn(outputs, targets), lookup, name)
+            return grads_from_calls(params, calls, loss_fn(outputs, targets), lookup, name, guard=guard)
 
         return step
 
     def _self_check(self, context: checks.CheckContext, raw) -> None:
-        observed = context.observation()
-        with checks.context.no_autocast():
-            per_sample = grads_from_calls(context.params, observed.calls, observed.losses, self.rule_lookup(),
-                                          self.name, retain_graph=True)
-        checks.weighted_identity(context, per_sample, observed.losses, IDENTITY_HINT)
+        forward = context.forward()
+        per_sample = grads_from_calls(context.params, forward.calls, forward.losses, self.rule_lookup(),
+                                      self.name, retain_graph=True)
+        checks.weighted_identity(context, per_sample, forward.losses, IDENTITY_HINT)
 
 
 @register
@@ -123,6 +137,6 @@ class HooksMethod(HooksLikeMethod):
         name="hooks",
         summary="forward hooks + output gradients + per-layer rules (Goodfellow's trick)",
         layers=rule_types(),
-        relies_on=(*RELIES_ON, PLAIN_FORWARD.id),
+        relies_on=(*RELIES_ON, PLAIN_FORWARD.id, OUTPUT_GRADIENTS.id),
         refusals=REFUSALS,
     )

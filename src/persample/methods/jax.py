@@ -105,10 +105,12 @@ class JaxMethod(Method):
         return step
 
     def _self_check(self, context: checks.CheckContext, raw) -> None:
-        """Rows of the example batch's answer against autograd, each sample alone (a half-precision
-        model is checked through a float32 translation of it)."""
-        if context.widened:
-            raw = self._prepare(context.check_model, context.loss_fn, (context.check_call, context.check_targets))
-        size = context.batch_size
-        checks.definition_check(context, {n: g[:size] for n, g in raw.warmup.items()})
+        """The check batch's rows of the example batch's answer against autograd, each sample alone
+        (a half-precision model is checked widened to float32: the step compiles for float32 too)."""
+        if context.widened:  # translated again: the step's constants (frozen weights, buffers) are half
+            per_sample = self._prepare(context.model, context.loss_fn, (context.check_call, context.check_targets)).warmup
+        else:
+            rows = torch.tensor(context.rows)
+            per_sample = {n: g[rows.to(g.device)] for n, g in raw.warmup.items()}
         raw.warmup = None
+        checks.definition_check(context, per_sample)

@@ -26,7 +26,7 @@ from ..contract import Batch, LossFn, trainable_owners
 from ..rules import rule_types
 from .hooks import HooksLikeMethod
 from .registry import Capabilities, register
-from ..assumptions import PLAIN_FORWARD
+from ..assumptions import OUTPUT_GRADIENTS, PLAIN_FORWARD
 from .rule_based import REFUSALS, RELIES_ON, RuleLookup
 
 CPU_HINT = "set TRITON_INTERPRET=1 to run the Triton kernels on the CPU (slowly)"
@@ -56,7 +56,7 @@ class KernelMethod(HooksLikeMethod):
         dtype_reasons={torch.float64: "the kernels accumulate in float32, so float64 would silently lose precision"},
         layers=rule_types(),
         requires=(("triton", "triton"),),
-        relies_on=(*RELIES_ON, PLAIN_FORWARD.id),
+        relies_on=(*RELIES_ON, PLAIN_FORWARD.id, OUTPUT_GRADIENTS.id),
         refusals=(Refusal(SETTING.id, "the CPU only under TRITON_INTERPRET=1", _compiled_kernels_on_cpu), *REFUSALS),
         notes="cpu only under TRITON_INTERPRET=1 (Triton's interpreter, slow); float64 unsupported "
         "(the kernels accumulate in float32); layers without a kernel run on the shared rules, "

@@ -61,29 +61,30 @@ def dense_embeddings(model: nn.Module) -> Iterator[None]:
 
 
 def per_sample_function(model: nn.Module, loss_fn: LossFn, call: CallArgs, mutated: frozenset[str], chunk_size: int | None):
-    """`f(params, call, targets) -> {name: (B, *shape)}`; buffers in `mutated` are copied per sample."""
-    fixed = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-    buffers = dict(model.named_buffers())
-    shared = {n: b for n, b in buffers.items() if n not in mutated}
+    """`f(params, call, targets) -> {name: (B, *shape)}`; buffers in `mutated` are copied per sample.
+    Frozen parameters and buffers are read when called (their current values and dtypes)."""
     positional = [isinstance(a, torch.Tensor) for a in call.args]
     keywords = {k: isinstance(v, torch.Tensor) for k, v in call.kwargs.items()}
 
-    def sample_loss(params, own_buffers, args, kwargs, target):
+    def sample_loss(params, state, own_buffers, args, kwargs, target):
         one = CallArgs(
             tuple(a.unsqueeze(0) if batched else a for a, batched in zip(args, positional)),
             {k: v.unsqueeze(0) if keywords[k] else v for k, v in kwargs.items()},
         )
-        outputs = functional_call(model, (params, fixed, shared, own_buffers), one.args, one.kwargs)
+        outputs = functional_call(model, (params, state, own_buffers), one.args, one.kwargs)
         return loss_fn(outputs, target.unsqueeze(0))[0]
 
-    in_dims = (None, 0, tuple(0 if b else None for b in positional), {k: 0 if b else None for k, b in keywords.items()}, 0)
+    in_dims = (None, None, 0, tuple(0 if b else None for b in positional), {k: 0 if b else None for k, b in keywords.items()}, 0)
     batched = vmap(grad(sample_loss), in_dims=in_dims, chunk_size=chunk_size, randomness="different")
 
     def run(params, call: CallArgs, targets: torch.Tensor):
         batch = targets.shape[0]
+        buffers = dict(model.named_buffers())
+        state = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+        state.update({n: b for n, b in buffers.items() if n not in mutated})
         own = {n: buffers[n].unsqueeze(0).expand(batch, *buffers[n].shape).clone() for n in mutated}
         with dense_embeddings(model):
-            return batched(params, own, call.args, call.kwargs, targets)
+            return batched(params, state, own, call.args, call.kwargs, targets)
 
     return run
 
@@ -119,10 +120,9 @@ class VmapMethod(Method):
         """The step, tried on a few samples in the model's own dtype and autocast state: torch.func's
         errors become refusals naming the layer."""
         call, targets = example_batch
-        mutated = frozenset(context.observation().mutated_buffers)
-        step = self._step(model, loss_fn, call, mutated)
-        size = context.batch_size
-        self._try(step, model, call.select(slice(0, size)), targets[:size], context)
+        step = self._step(model, loss_fn, call, context.mutated_buffers)
+        rows = torch.tensor(context.rows, device=targets.device)
+        self._try(step, model, call.select(rows), targets[rows], context)
         return step
 
     def _try(self, step, model: nn.Module, call: CallArgs, targets: torch.Tensor, context: checks.CheckContext):
@@ -140,9 +140,5 @@ class VmapMethod(Method):
                     f"{type(error).__name__}: {first}"), BATCHING_RULES.id, self.name) from None
 
     def _self_check(self, context: checks.CheckContext, raw) -> None:
-        model = context.check_model
-        step = raw if model is context.model else self._step(model, context.loss_fn, context.check_call,
-                                                              frozenset(context.observation().mutated_buffers))
-        with checks.context.no_autocast():
-            per_sample = self._try(step, model, context.check_call, context.check_targets, context)
+        per_sample = self._try(raw, context.model, context.check_call, context.check_targets, context)
         checks.definition_check(context, per_sample)
