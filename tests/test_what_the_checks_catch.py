@@ -253,3 +253,141 @@ def test_jax_reports_an_index_out_of_range_where_torch_raises():
     for targets in (torch.tensor([0, 1, 7, 2, 0]), torch.tensor([0, 1, -1, 2, 0])):
         with pytest.raises(ValueError, match=r"non-finite loss for samples \[2\].*index out of range"):
             step(x, targets)
+
+
+@pytest.mark.parametrize("method", ["hooks", "kernel", "expand"])
+def test_a_rare_use_of_one_embedding_row_on_a_later_batch_is_caught(method):
+    """The per-call guard compares the whole batch gradient, so a use of a single row is not missed."""
+    unknown = 7
+
+    class Unknown(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = nn.Embedding(200, 16), nn.Linear(16, 3)
+
+        def forward(self, ids):
+            h = self.embed(ids).mean(1)
+            rare = ids == unknown
+            if rare.any():
+                h = h + rare.float().mean(1, keepdim=True) * self.embed.weight[unknown]
+            return self.head(h)
+
+    torch.manual_seed(0)
+    model = Unknown()
+    generator = torch.Generator().manual_seed(0)
+    ids, y = torch.randint(8, 200, (8, 5), generator=generator), torch.randint(3, (8,), generator=generator)
+    step = get(method).prepare(model, None, (ids, y))
+    later = ids.clone()
+    later[3, 1] = later[6, 2] = unknown
+    with pytest.raises(persample.StaleStep):
+        step(later, y)
+
+
+class Capacity(nn.Module):
+    """Rows past a capacity of 4 are dropped: a sample's row depends on its place in the batch
+    (alone, a sample is always kept)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        kept = (torch.arange(x.shape[0], device=x.device) < 4).to(h.dtype)[:, None]
+        return self.b(h * kept)
+
+
+class HiddenPeak(nn.Module):
+    """Rescales when a hidden unit of any sample passes 6: a batch extreme of an activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 2), nn.Linear(2, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        peak = h.abs().amax()
+        if peak > 6.0:
+            h = h * (6.0 / peak)
+        return self.b(torch.tanh(h))
+
+
+@pytest.mark.parametrize("make", [Capacity, HiddenPeak], ids=["capacity", "hidden-peak"])
+@pytest.mark.parametrize("method", RULES)
+def test_a_coupling_that_shows_only_in_the_whole_batch_is_refused(make, method):
+    torch.manual_seed(0)
+    model, (x, y) = make(), samples(16)
+    if make is HiddenPeak:  # sample 9 drives the peak, but the largest input is sample 2's
+        weight = model.a.weight.detach()
+        x[9] = 8 * weight[0] / weight[0].square().sum()
+        x[2] = 50 * torch.linalg.svd(weight, full_matrices=True).Vh[-1]  # a direction the layer ignores
+    with pytest.raises(Unsupported) as refused:
+        persample.per_sample_grads(model, x, y, method=method)
+    assert refused.value.assumption == "batch-first-layers"
+    assert_right(persample.per_sample_grads(model, x, y), truth(model, x, y))
+
+
+def test_a_time_major_output_whose_length_equals_the_batch_is_not_taken_for_a_batch_loss():
+    class TimeMajorOutput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(6, 4)
+
+        def forward(self, x):
+            return self.a(x).t()  # (4, B)
+
+    loss = lambda o, t: F.cross_entropy(o.t(), t, reduction="none")  # noqa: E731
+    model, (x, y) = TimeMajorOutput(), samples(4)
+    y = y % 4
+    assert_right(persample.per_sample_grads(model, x, y, loss_fn=loss, method="hooks"), truth(model, x, y, loss))
+
+
+def test_every_global_random_state_is_left_as_found():
+    import random
+
+    import numpy as np
+
+    class LayerDrop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(6, 3)
+
+        def forward(self, x):
+            random.uniform(0, 1)
+            np.random.rand()
+            return self.a(x)
+
+    model, (x, y) = LayerDrop(), samples(8)
+    states = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+    for method in ("loop", "hooks", "vmap", "jax", "auto"):
+        persample.per_sample_grads(model, x, y, method=method)
+    assert random.getstate() == states[0]
+    assert (np.random.get_state()[1] == states[1]).all() and torch.equal(torch.get_rng_state(), states[2])
+
+
+def test_inference_mode_is_refused_with_the_fix():
+    model, (x, y) = nn.Linear(6, 3), samples(8)
+    with torch.inference_mode(), pytest.raises(ValueError, match="inference_mode.*no_grad"):
+        persample.per_sample_grads(model, x, y)
+    with torch.inference_mode():
+        frozen_x = x.clone()
+    with pytest.raises(ValueError, match="created under torch.inference_mode"):
+        persample.per_sample_grads(model, frozen_x, y)
+
+
+def test_a_compiled_model_is_computed_through_the_module_it_wraps():
+    torch.manual_seed(0)
+    plain, (x, y) = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 3)), samples(8)
+    compiled = torch.compile(plain, backend="eager")
+    for method in ("hooks", "auto"):
+        grads = persample.per_sample_grads(compiled, x, y, method=method)
+        assert sorted(grads) == sorted(n for n, _ in compiled.named_parameters())
+        assert_right({n.removeprefix("_orig_mod."): g for n, g in grads.items()}, truth(plain, x, y))
+
+
+def test_jax_refuses_integers_that_would_not_survive_narrowing():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 3))
+    x, y = torch.randint(10, (5, 2)), torch.randint(3, (5,))
+    step = get("jax").prepare(model, None, (x, y))
+    with pytest.raises(ValueError, match="2\\*\\*31"):
+        step(x + (1 << 33), y)

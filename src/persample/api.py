@@ -6,7 +6,7 @@ from torch import nn
 
 from . import cache
 from .batch import CallArgs, Inputs
-from .contract import LossFn, as_tuple, default_loss
+from .contract import LossFn, as_tuple, default_loss, first_trainable_parameter
 from .errors import StaleStep
 from .methods.base import Method
 from .methods.registry import get
@@ -17,9 +17,7 @@ def resolve_method(method: str | Method, model: nn.Module, inputs: Inputs) -> Me
     if method == "auto":
         from .selection import choose_method
 
-        param = next((p for p in model.parameters() if p.requires_grad), None)
-        if param is None:
-            raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+        param = first_trainable_parameter(model)
         return choose_method(model, param.device, param.dtype, batch_size=CallArgs.of(inputs).batch_size)
     return get(method)
 

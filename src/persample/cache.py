@@ -2,9 +2,10 @@
 
 A step is reused while the call looks the same: the same method and loss function, inputs and
 targets of the same shapes, dtypes and devices, the same autocast and TF32 settings, and a model
-of the same structure (its modules and their types, train/eval modes and hooks, their plain
-attributes such as a flag that switches a branch; each parameter and buffer object with its shape,
-dtype, device, storage and `requires_grad`). Parameter *values* are not part of the key: steps
+of the same structure (its modules and their types, train/eval modes and hooks, their attributes
+such as a flag or an Enum that switches a branch, or a config object; each parameter and buffer
+object with its shape, dtype, device, storage, `requires_grad` and gradient hooks), and a loss
+function with the same attributes (`CrossEntropyLoss.label_smoothing`, `reduction`). Parameter *values* are not part of the key: steps
 read the parameters when called, so an optimizer's in-place update is seen; new storage
 (`p.data = ...`, `model.to(...)`) prepares again.
 """
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from .batch import CallArgs
+from .state import INTERNAL
 
 PER_MODEL = 4
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -30,7 +32,7 @@ def structure(model: nn.Module) -> tuple:
         for name, m in model.named_modules(remove_duplicate=False)
     )
     params = tuple(
-        (name, id(p), p.data_ptr(), tuple(p.shape), p.dtype, p.device, p.requires_grad)
+        (name, id(p), p.data_ptr(), tuple(p.shape), p.dtype, p.device, p.requires_grad, len(p._backward_hooks or {}))
         for name, p in model.named_parameters(remove_duplicate=False)
     )
     buffers = tuple(
@@ -39,12 +41,19 @@ def structure(model: nn.Module) -> tuple:
     return modules, params, buffers
 
 
-PLAIN = (bool, int, float, str, type(None))
-
-
-def _plain_attributes(module: nn.Module) -> tuple:
-    """The module's public attributes holding plain values (flags, sizes, modes of a branch)."""
-    return tuple((k, v) for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, PLAIN))
+def _plain_attributes(module: object) -> tuple:
+    """The attributes a forward may branch on: every value but tensors, modules and callables, by
+    value when hashable (flags, sizes, Enums, frozen configs), else by `repr` (a mutable config)."""
+    found = []
+    for key, value in vars(module).items():
+        if key in INTERNAL or isinstance(value, (torch.Tensor, nn.Module)) or callable(value):
+            continue
+        try:
+            hash(value)
+        except TypeError:
+            value = repr(value)
+        found.append((key, value))
+    return tuple(found)
 
 
 def settings() -> tuple:
@@ -57,7 +66,8 @@ def settings() -> tuple:
 
 def key_of(method_key: object, loss_fn, call: CallArgs, targets: torch.Tensor, model: nn.Module) -> tuple:
     target = (tuple(targets.shape), targets.dtype, targets.device)
-    return method_key, id(loss_fn), call.signature(), target, settings(), structure(model)
+    loss = structure(loss_fn) if isinstance(loss_fn, nn.Module) else _plain_attributes(loss_fn) if hasattr(loss_fn, "__dict__") else ()
+    return method_key, id(loss_fn), loss, call.signature(), target, settings(), structure(model)
 
 
 def cached_step(model: nn.Module, key: tuple, loss_fn, build):

@@ -44,6 +44,15 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def first_trainable_parameter(model: nn.Module) -> nn.Parameter:
+    """The model's first trainable parameter (its device and dtype are the model's); `ValueError`
+    when it has none."""
+    param = next((p for p in model.parameters() if p.requires_grad), None)
+    if param is None:
+        raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+    return param
+
+
 def trainable_owners(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Modules that directly own at least one trainable parameter, with their qualified names."""
     for qualname, module in model.named_modules():

@@ -10,14 +10,16 @@ them from the found state and everything is restored afterwards.
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
 
-SMALL_BUFFER = 1 << 16  # elements: buffers up to this size are saved before every step
+SMALL_BUFFER = 1 << 20  # elements: buffers up to this size (4 MiB in float32) are saved before every step
 
 
 def buffer_slots(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
@@ -86,14 +88,24 @@ INTERNAL = frozenset({"_parameters", "_buffers", "_modules", "training"}) | {
 }
 
 
+CONTAINERS = (list, dict, set)
+
+
 class StateSnapshot:
-    """Each parameter's `.grad` and each module's plain attributes (by reference)."""
+    """Each parameter's `.grad`, each module's attributes (by reference; the contents of lists,
+    dicts and sets too, one level deep), and the Python and NumPy random states."""
 
     def __init__(self, model: nn.Module) -> None:
         self.grads = [(p, p.grad) for p in model.parameters()]
         self.attributes = [
             (module, {k: v for k, v in vars(module).items() if k not in INTERNAL}) for module in model.modules()
         ]
+        self.contents = [
+            (value, copy.copy(value)) for _, attributes in self.attributes for value in attributes.values()
+            if type(value) in CONTAINERS
+        ]
+        self.python_random = random.getstate()
+        self.numpy_random = np.random.get_state()
 
     def restore(self) -> None:
         for param, grad in self.grads:
@@ -106,9 +118,29 @@ class StateSnapshot:
                     found[key] = value
             for key in [k for k in found if k not in attributes and k not in INTERNAL]:
                 del found[key]  # set by the forward (a cache, `self.last = x`): not there before
+        for container, saved in self.contents:
+            if not _same_contents(container, saved):
+                container.clear()
+                if isinstance(container, list):
+                    container.extend(saved)
+                else:
+                    container.update(saved)
+        random.setstate(self.python_random)
+        np.random.set_state(self.numpy_random)
 
 
 _MISSING = object()
+
+
+def _same_contents(container, saved) -> bool:
+    """Element by element, by identity (tensors compare elementwise with ==)."""
+    if len(container) != len(saved):
+        return False
+    if isinstance(container, dict):
+        return all(k in saved and saved[k] is v for k, v in container.items())
+    if isinstance(container, set):
+        return all(x in saved for x in container)
+    return all(a is b for a, b in zip(container, saved))
 
 
 @contextmanager
@@ -123,6 +155,19 @@ def preserved(model: nn.Module, copy: frozenset[str] | None = None) -> Iterator[
         finally:
             state.restore()
             snapshot.restore()
+
+
+@contextmanager
+def random_states_preserved() -> Iterator[None]:
+    """Python's, NumPy's and torch's CPU random states as found after the block (importing JAX,
+    for one, draws from NumPy's)."""
+    python, numpy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
+        torch.set_rng_state(cpu)
 
 
 HALF = (torch.float16, torch.bfloat16)

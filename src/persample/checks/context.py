@@ -4,10 +4,11 @@ Whatever the mode, the checks compute in float32 or wider with autocast disabled
 discrepancy stands far above rounding: a half-precision model is widened to float32 in place for
 the duration of each check (`persample.state.widened`: the same Parameter objects, so a loss that
 reads a parameter through a closure, or a hook on a parameter, is checked as it will run) and
-narrowed back exactly. The checks run on `CHECK_SAMPLES` samples of the example batch chosen to
-show what a few samples can: the first and the last, and those with the largest and the smallest
-inputs (batch-level extremes drive data-dependent branches and scales); the whole batch if the
-model refuses a smaller one. Buffers, attributes and the global random state are left as found.
+narrowed back exactly. What couples samples or depends on the batch is looked for on the whole
+example batch (a capacity limit or a branch on a batch extreme may only show there); the answer
+of the method is held against autograd on `CHECK_SAMPLES` of its samples: the first and the last,
+and those with the largest and the smallest inputs. Buffers, attributes and the global random
+state are left as found.
 """
 from __future__ import annotations
 
@@ -91,6 +92,7 @@ class CheckContext:
         rows = torch.tensor(check_rows(call, CHECK_SAMPLES), device=targets.device)
         self.rows = rows.tolist()
         self.check_call, self.check_targets = call.select(rows), targets[rows]
+        self.full_size = targets.shape[0]
         self.capture = capture(model) if capture else frozenset()
         self._observation: Observation | None = None
         self.mutated_buffers: frozenset[str] = frozenset()
@@ -114,24 +116,23 @@ class CheckContext:
             self.report.seconds += time.perf_counter() - start
 
     def observation(self) -> Observation:
-        """The instrumented forward of the check batch (made once, inside a `checking` block). Its
-        graph is for checks made in the same block; later ones make a fresh forward (`forward`)."""
+        """The instrumented forward of the whole example batch (made once, inside a `checking`
+        block). Its graph and captured tensors are for the checks of that block (`release` frees
+        them); the checks of the method's answer make their own forward of the check rows."""
         if self._observation is None:
-            try:
-                found = observe(self.model, self.loss_fn, self.check_call, self.check_targets, capture=self.capture)
-            except Exception:
-                if self.check_targets.shape[0] == self.full_targets.shape[0]:
-                    raise
-                # A model that needs its full batch (a fixed-size state): check on all of it.
-                self.check_call, self.check_targets = self.full_call, self.full_targets
-                self.rows = list(range(self.full_targets.shape[0]))
-                found = observe(self.model, self.loss_fn, self.check_call, self.check_targets, capture=self.capture)
+            found = observe(self.model, self.loss_fn, self.full_call, self.full_targets, capture=self.capture)
             self._observation = found
             self.mutated_buffers = frozenset(found.mutated_buffers)
         return self._observation
 
+    def release(self) -> None:
+        """Keep what the observation found, drop its tensors and graph."""
+        if self._observation is not None:
+            found = self._observation
+            found.outputs, found.losses, found.calls = None, None, []
+
     def forward(self) -> Observation:
-        """A fresh forward of the check batch recording the captured calls, with its own graph."""
+        """A fresh forward of the check rows recording the captured calls, with its own graph."""
         return observe(self.model, self.loss_fn, self.check_call, self.check_targets, capture=self.capture, watch=False)
 
     def ran(self, name: str) -> None:
@@ -141,7 +142,7 @@ class CheckContext:
         self.report.skipped[name] = why
 
     def finish(self) -> CheckReport:
-        self._observation = None  # frees the graph
+        self.release()
         return self.report
 
 

@@ -2,11 +2,16 @@
 
 A layer's rule reads row i of its input and of its output gradient as sample i's. That fails
 silently when a layer is called time-major ((T, B, ...), even with T == B), on a flattened batch,
-on an input shared by every sample (positions), or after samples were mixed. Two looks settle it
-on the check batch: every captured input and output has the batch size on dim 0; and when any
-one sample j is replaced by another sample, no other row of any captured input or output changes
-(each sample in turn: a coupling may run one way only, or through the sample holding a batch
-extreme).
+on an input shared by every sample (positions), after samples were mixed, or when a sample's row
+depends on its place in the batch (a capacity limit, a mask over batch positions). Three looks
+settle it on the whole example batch:
+- every captured input and output has the batch size on dim 0;
+- when one sample is replaced by another, no other sample's rows change. The samples replaced are
+  the first and the last (a coupling may run one way only), those with the largest and smallest
+  inputs, and those holding the largest value of any captured input or output (a branch or a
+  scale on a batch extreme);
+- when the batch is rotated by one, every captured row moves with its sample (skipped when the
+  forward draws random numbers: its masks do not move).
 """
 from __future__ import annotations
 
@@ -19,34 +24,26 @@ from ..observe import LayerCall, observe
 from .context import CheckContext
 
 RELATIVE = 1e-5  # rows of other samples are recomputed from the same values: equal up to rounding
+PERTURBED = 8  # samples replaced, at most
 
 
 def probe_batch_layout(context: CheckContext) -> None:
     """Raise the `batch-first-layers` refusal for the first captured call that breaks it."""
     observed = context.observation()
-    capture = context.capture
-    batch = context.batch_size
+    batch = context.full_size
     calls = [c for c in observed.calls if c.grad_enabled]
     for call in calls:
         finding = _shape_finding(call, batch)
         if finding is not None:
             raise refusal(finding, BATCH_FIRST.id, context.method_name)
     context.ran("batch on dim 0")
-    pairs = _differing_samples(context)
+    pairs = _replacements(context, calls)
     if not pairs:
-        context.skipped("sample independence", "the check batch has fewer than two different samples")
+        context.skipped("sample independence", "the batch has fewer than two different samples")
         return
-    for j, k in pairs:  # every sample in turn: coupling may run one way only (sample i reads i - 1)
-        perturbed = context.check_call.map(lambda t: _replace_row(t, j, k))
-        again = observe(context.check_model, context.loss_fn, perturbed, _replace_row(context.check_targets, j, k),
-                        capture=capture, watch=False)
-        repeated = [c for c in again.calls if c.grad_enabled]
-        if [c.module for c in repeated] != [c.module for c in calls]:
-            raise refusal(Finding(
-                f"the layers with rules were called in a different order or number when sample {j} changed: "
-                "the model's control flow depends on the batch's values, so the rules cannot pair a layer's "
-                "input with its output gradient"), BATCH_FIRST.id, context.method_name)
-        for before, after in zip(calls, repeated):
+    for j, k in pairs:
+        again = _captured(context, context.full_call.map(lambda t: _replace_row(t, j, k)), _replace_row(context.full_targets, j, k), calls)
+        for before, after in zip(calls, again):
             for what, a, b in (("input", before.input, after.input), ("output", before.output, after.output)):
                 change = _other_rows_change(a, b, j)
                 if change is not None:
@@ -57,6 +54,32 @@ def probe_batch_layout(context: CheckContext) -> None:
                         "batch statistic, a shift along the batch, a branch on a batch-level value)",
                         before.qualname, before.module), BATCH_FIRST.id, context.method_name)
     context.ran("sample independence")
+    if observed.draws_random_numbers:
+        context.skipped("place in the batch", "the forward draws random numbers, which do not move with the samples")
+        return
+    rolled = _captured(context, context.full_call.map(lambda t: t.roll(1, 0)), context.full_targets.roll(1, 0), calls)
+    for before, after in zip(calls, rolled):
+        for what, a, b in (("input", before.input, after.input), ("output", before.output, after.output)):
+            change = _rows_not_moved(a, b)
+            if change is not None:
+                raise refusal(Finding(
+                    f"is called with an {what} whose rows did not move with their samples when the batch was "
+                    f"rotated (by {change:.2g}, relative): a sample's row depends on its place in the batch (a "
+                    "capacity limit, a mask over batch positions, a cumulative sum along the batch)",
+                    before.qualname, before.module), BATCH_FIRST.id, context.method_name)
+    context.ran("place in the batch")
+
+
+def _captured(context: CheckContext, call, targets, calls: list[LayerCall]) -> list[LayerCall]:
+    """The captured calls of another forward, paired with `calls` (refused if they differ)."""
+    again = observe(context.model, context.loss_fn, call, targets, capture=context.capture, watch=False)
+    repeated = [c for c in again.calls if c.grad_enabled]
+    if [c.module for c in repeated] != [c.module for c in calls]:
+        raise refusal(Finding(
+            "the layers with rules were called in a different order or number when the batch changed: the "
+            "model's control flow depends on the batch's values, so the rules cannot pair a layer's input with "
+            "its output gradient"), BATCH_FIRST.id, context.method_name)
+    return repeated
 
 
 def _shape_finding(call: LayerCall, batch: int) -> Finding | None:
@@ -75,16 +98,26 @@ def _shape_finding(call: LayerCall, batch: int) -> Finding | None:
     return None
 
 
-def _differing_samples(context: CheckContext) -> list[tuple[int, int]]:
-    """(j, k) for every sample j of the check batch: k, the next sample whose inputs differ from j's."""
-    batch = context.batch_size
-    tensors = [t for _, t in context.check_call.tensors()]
-    pairs = []
-    for j in range(batch):
+def _replacements(context: CheckContext, calls: list[LayerCall]) -> list[tuple[int, int]]:
+    """(j, k): sample j replaced by sample k, a different one, for the samples worth replacing."""
+    batch = context.full_size
+    if batch < 2:
+        return []
+    wanted = [0, batch - 1, *context.rows]
+    for call in calls:  # the samples holding each captured tensor's largest value
+        for value in (call.input, call.output):
+            for tensor in tree_leaves(value):
+                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel():
+                    wanted.append(int(tensor.detach().reshape(batch, -1).abs().amax(1).argmax()))
+    tensors = [t for _, t in context.full_call.tensors()]
+    pairs: list[tuple[int, int]] = []
+    for j in dict.fromkeys(wanted):
         others = [(j + step) % batch for step in range(1, batch)]
         k = next((k for k in others if any(not torch.equal(t[j], t[k]) for t in tensors)), None)
         if k is not None:
             pairs.append((j, k))
+        if len(pairs) == PERTURBED:
+            break
     return pairs
 
 
@@ -94,22 +127,37 @@ def _replace_row(tensor: torch.Tensor, j: int, k: int) -> torch.Tensor:
     return copy
 
 
+def _differs(x: torch.Tensor, y: torch.Tensor) -> float | None:
+    if x.shape != y.shape:
+        return float("inf")
+    if not x.is_floating_point():
+        return None if torch.equal(x, y) else float("inf")
+    if not x.numel():
+        return None
+    scale = x.abs().max().item()
+    change = (x - y).abs().max().item()
+    return change / max(scale, 1e-30) if change > RELATIVE * max(scale, 1e-30) else None
+
+
 def _other_rows_change(a, b, j: int) -> float | None:
     """The relative change of rows other than j between two captured values, or None if none."""
     for x, y in zip(tree_leaves(a), tree_leaves(b)):
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            continue
-        if x.shape != y.shape:
-            return float("inf")
-        keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        keep[j] = False
-        x, y = x.detach()[keep], y.detach()[keep]
-        if not x.is_floating_point():
-            if not torch.equal(x, y):
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            if x.shape != y.shape:
                 return float("inf")
-            continue
-        scale = x.abs().max().item() if x.numel() else 0.0
-        change = (x - y).abs().max().item() if x.numel() else 0.0
-        if change > RELATIVE * max(scale, 1e-30):
-            return change / max(scale, 1e-30)
+            keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+            keep[j] = False
+            found = _differs(x.detach()[keep], y.detach()[keep])
+            if found is not None:
+                return found
+    return None
+
+
+def _rows_not_moved(a, b) -> float | None:
+    """How far the rows of `b` (from the rotated batch) are from the rows of `a`, rotated."""
+    for x, y in zip(tree_leaves(a), tree_leaves(b)):
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            found = _differs(x.detach().roll(1, 0), y.detach())
+            if found is not None:
+                return found
     return None

@@ -39,26 +39,23 @@ def check_loss_shape(losses, batch: int) -> None:
 
 
 def check_loss_per_sample(context: CheckContext) -> None:
-    """Raise `LossNotPerSample` unless the loss is per sample on the check batch."""
+    """Raise `LossNotPerSample` unless the loss is per sample on the example batch: its shape, then
+    the loss of each check row computed alone (the model's outputs for that sample, the loss
+    function on them) against its loss in the batch."""
     observed = context.observation()
-    batch = context.batch_size
+    batch = context.full_size
     check_loss_shape(observed.losses, batch)
     context.ran("loss per sample")
     if batch < 2:
         return
     in_batch = observed.losses.detach().double()
-    outputs = observed.outputs
-    batch_first = all(t.dim() > 0 and t.shape[0] == batch for t in tree_leaves(outputs) if isinstance(t, torch.Tensor))
-    if not batch_first and observed.draws_random_numbers:
-        context.skipped("loss alone", "the model's outputs are not batch first and its forward draws random numbers")
+    dims = output_batch_dims(context)
+    if dims is None:
+        context.skipped("loss alone", "the model's outputs have no dimension of the batch's size per sample")
         return
-    for i in range(batch):
-        with torch.no_grad(), preserved(context.check_model):
-            if batch_first:
-                sample_outputs = tree_map(lambda t: t[i : i + 1] if isinstance(t, torch.Tensor) else t, outputs)
-            else:
-                sample_outputs = context.check_call.select(i).call(context.check_model)
-            alone = context.loss_fn(sample_outputs, context.check_targets[i : i + 1])
+    for i in context.rows:
+        with torch.no_grad():
+            alone = context.loss_fn(_sample(observed.outputs, dims, i), context.full_targets[i : i + 1])
         check_loss_shape(alone, 1)
         value, expected = alone.double().item(), in_batch[i].item()
         if abs(value - expected) > RELATIVE * max(abs(value), abs(expected), 1e-12):
@@ -66,3 +63,50 @@ def check_loss_per_sample(context: CheckContext) -> None:
                 f"the loss of sample {i} is {expected:.6g} in a batch of {batch} but {value:.6g} alone "
                 f"(ratio {expected / value if value else float('inf'):.4g}), so it depends on the batch. {BATCH_FIX}"
             )
+
+
+def output_batch_dims(context: CheckContext) -> list[int | None] | None:
+    """For each tensor in the model's outputs, the dimension that indexes the samples (None for a
+    tensor shared by all samples); None when no tensor has one. A tensor with several dimensions of
+    the batch's size is told apart by replacing one sample: only its index changes along its batch
+    dimension (an output (T, B) with T == B, time-major, would be sliced wrongly otherwise)."""
+    observed, batch = context.observation(), context.full_size
+    leaves = [t for t in tree_leaves(observed.outputs) if isinstance(t, torch.Tensor)]
+    candidates = [[d for d, size in enumerate(t.shape) if size == batch] for t in leaves]
+    if any(len(c) > 1 for c in candidates):
+        candidates = _by_replacing_a_sample(context, leaves, candidates)
+    dims = [c[0] if c else None for c in candidates]
+    return dims if any(d is not None for d in dims) else None
+
+
+def _by_replacing_a_sample(context: CheckContext, leaves, candidates) -> list[list[int]]:
+    batch = context.full_size
+    j, k = 0, 1
+    replaced = context.full_call.map(lambda t: _with_row(t, j, k))
+    with torch.no_grad(), preserved(context.model):
+        again = [t for t in tree_leaves(replaced.call(context.model)) if isinstance(t, torch.Tensor)]
+    chosen = []
+    for before, after, dims in zip(leaves, again, candidates):
+        changed = (before.detach() != after.detach())
+        fits = [d for d in dims if changed.any() and changed.movedim(d, 0).reshape(batch, -1)[torch.arange(batch) != j].sum() == 0]
+        chosen.append(fits[:1] if fits else dims[:1])
+    return chosen
+
+
+def _with_row(tensor: torch.Tensor, j: int, k: int) -> torch.Tensor:
+    copy = tensor.clone()
+    copy[j] = tensor[k]
+    return copy
+
+
+def _sample(outputs, dims: list[int | None], i: int):
+    """The outputs of sample i, as a batch of one (shared tensors as they are)."""
+    supply = iter(dims)
+
+    def take(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        dim = next(supply)
+        return value if dim is None else value.narrow(dim, i, 1)
+
+    return tree_map(take, outputs)

@@ -74,14 +74,15 @@ def _judge(context: CheckContext, got: dict, want: dict, what: str, hint: str) -
 
 
 def verify_answer(context: CheckContext, method) -> None:
-    """For a method that does not check itself (a peer, a plugin): its answer on the check batch,
-    each sample against its gradient alone. Raises `Unsupported` when it disagrees, or when it
+    """For a method that does not check itself (a peer, a plugin): its answer on the whole example
+    batch, the check rows against their gradients alone. Raises `Unsupported` when it disagrees, or when it
     cannot be verified because the forward draws random numbers."""
     with context.checking():
         if context.observation().draws_random_numbers:
             raise refusal(Finding("cannot be verified on this model: its forward draws random numbers (dropout in "
                                   "training mode), so no sample's gradient can be recomputed alone"),
                           MATCHES_DEFINITION.id, method.name)
-        step = method.prepare(context.model, context.loss_fn, (context.check_call, context.check_targets))
-        per_sample = step(context.check_call, context.check_targets)
+        step = method.prepare(context.model, context.loss_fn, (context.full_call, context.full_targets))
+        rows = torch.tensor(context.rows)
+        per_sample = {n: g[rows.to(g.device)] for n, g in step(context.full_call, context.full_targets).items()}
         definition_check(context, per_sample)

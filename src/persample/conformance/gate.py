@@ -7,20 +7,24 @@
 - A peer (or any method with entries in the deviations files) is held to the strict deviations
   gate: a failure no entry covers fails ("record it"), a covered failure is an expected failure, a
   covered cell that passes fails ("remove the entry"). A refusal is recorded and skipped.
-- Our other cells (the zoo) must pass; a refusal the method declares up front is skipped with its
-  reason, while one raised by its checks on the example batch fails (the zoo breaks nothing).
+- Our other cells (the zoo) must pass; a refusal the method declares up front, or one vmap finds by
+  trying (torch.func cannot batch an operation), is skipped with its reason, while one raised by its
+  checks on the example batch fails (the zoo breaks nothing).
 - The float64 loop is the reference itself: its cells are not checks.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..assumptions import LOSS_PER_SAMPLE, SAMPLES_INDEPENDENT, SETTING
+from ..assumptions import BATCHING_RULES, LOSS_PER_SAMPLE, SAMPLES_INDEPENDENT, SETTING
 from ..deviations import Deviation
 from .expectations import Expectations
 from .records import Record
 
 LOSS_ERROR = "LossNotPerSample"
+DISCOVERED = {BATCHING_RULES.id}
+"""Refusals found by trying, not by a check of the answer: torch.func raising on an operation it
+cannot batch (some only under autocast) is a limit of the library, not a false alarm."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ def verdict(record: Record, breaks: frozenset[str], peer: bool, expectations: Ex
         return _strict(record, deviation, what)
     if record.outcome == "pass":
         return Verdict("pass")
-    if record.outcome == "unsupported" and record.declared:
+    if record.outcome == "unsupported" and (record.declared or record.assumption in DISCOVERED):
         return Verdict("skip", f"unsupported: {record.reason}")
     return Verdict("fail", f"{what}" + (" — refused by its checks on a model that breaks no assumption"
                                         if record.outcome == "unsupported" else ""))

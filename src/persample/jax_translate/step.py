@@ -43,10 +43,18 @@ def jax_backend_problem(device: torch.device) -> str | None:
     return None
 
 
+INT32 = (-(1 << 31), (1 << 31) - 1)
+
+
 def to_jax(tensor: torch.Tensor, x64: bool) -> jax.Array:
-    """Zero-copy view of a torch tensor as a JAX array (int64 narrowed outside x64 mode)."""
+    """Zero-copy view of a torch tensor as a JAX array (int64 narrowed outside x64 mode, refused when
+    a value would not survive the narrowing)."""
     tensor = tensor.detach()
     if not x64 and tensor.dtype == torch.int64:
+        if tensor.numel() and (tensor.min().item() < INT32[0] or tensor.max().item() > INT32[1]):
+            raise ValueError(
+                "an int64 input holds values beyond ±2**31, which the jax method narrows to int32 (JAX's default "
+                "integer width without x64 mode): use a torch method, or keep indices within int32")
         tensor = tensor.to(torch.int32)
     return jax.dlpack.from_dlpack(tensor.contiguous())  # DLPack import needs compact strides
 

@@ -60,7 +60,8 @@ def kernel_rule_for(module: nn.Module) -> LayerRule | None:
     shared = rule_for(module)
     if shared is None or placement_of(module)[0] != "triton":
         return shared
-    return LayerRule(shared.layer, _KERNELS[shared.layer].grad_sample, shared.expanded_forward, shared.params)
+    return LayerRule(shared.layer, _KERNELS[shared.layer].grad_sample, shared.expanded_forward, shared.params,
+                     shared.grad_batch)
 
 
 def kernel_types() -> tuple[type[nn.Module], ...]:

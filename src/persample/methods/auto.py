@@ -16,9 +16,9 @@ from __future__ import annotations
 from torch import nn
 
 from ..batch import CallArgs
-from ..contract import Batch, LossFn, default_loss, trainable_parameters
+from ..contract import Batch, LossFn
 from ..errors import StaleStep
-from .base import Method, PreparedStep
+from .base import CompiledStep, Method, PreparedStep, arguments, compiled_inner
 from .registry import Capabilities, register
 
 
@@ -61,15 +61,12 @@ class AutoMethod(Method):
     def prepare(self, model: nn.Module, loss_fn: LossFn | None, example_batch: Batch) -> PreparedStep:
         from ..selection import explain_choice
 
-        loss_fn = loss_fn or default_loss
-        inputs, targets = example_batch
-        call = CallArgs.of(inputs)
-        params = trainable_parameters(model)
-        if not params:
-            raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+        wrapped = compiled_inner(model)
+        if wrapped is not None:
+            return CompiledStep(self.prepare(wrapped, loss_fn, example_batch))
+        loss_fn, call, targets, param = arguments(model, loss_fn, example_batch)
         if call.batch_size == 0:  # choose when a batch with samples comes: the checks need them
             return PreparedStep(self, model, loss_fn, None)
-        param = next(iter(params.values()))
         choice = explain_choice(model, param.device, param.dtype, call.batch_size,
                                 example_batch=(call, targets), loss_fn=loss_fn)
         return AutoStep(self, choice, model, loss_fn)

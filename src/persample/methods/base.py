@@ -28,10 +28,12 @@ from ..contract import (
     check_inputs_match,
     check_targets,
     default_loss,
+    first_trainable_parameter,
     trainable_parameters,
 )
 from ..errors import LossNotPerSample, Unsupported
-from ..state import preserved
+from ..checks.loss import check_loss_shape
+from ..state import preserved, random_states_preserved
 
 RawStep = Callable[..., dict[str, torch.Tensor]]
 """What `_prepare` builds: `raw(inputs, targets) -> {param name: (B, *param.shape)}`; `inputs` is a
@@ -47,7 +49,7 @@ class PreparedStep:
     """
 
     def __init__(self, method: Method, model: nn.Module, loss_fn: LossFn, raw: RawStep | None,
-                 saved_buffers: frozenset[str] = frozenset(), report: checks.CheckReport | None = None) -> None:
+                 saved_buffers: frozenset[str] | None = frozenset(), report: checks.CheckReport | None = None) -> None:
         self._method, self.model, self.loss_fn, self.raw = method, model, loss_fn, raw
         self.method = method.name
         self.saved_buffers = saved_buffers
@@ -58,7 +60,8 @@ class PreparedStep:
         self.prepare_seconds = 0.0
 
     def __call__(self, inputs: Inputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        call = CallArgs.of(inputs)
+        check_grad_mode()
+        call = data_of(CallArgs.of(inputs))
         batch = call.batch_size
         check_targets(targets, batch)
         if batch == 0:
@@ -72,6 +75,27 @@ class PreparedStep:
     def _adopt(self, other: PreparedStep) -> None:
         self.raw, self.saved_buffers, self.checks = other.raw, other.saved_buffers, other.checks
         self.placement, self.choice = other.placement, other.choice
+
+
+def compiled_inner(model: nn.Module) -> nn.Module | None:
+    """The module a `torch.compile`d model wraps, or None for any other model."""
+    wrapped = getattr(model, "_orig_mod", None)
+    return wrapped if isinstance(wrapped, nn.Module) and type(model).__name__ == "OptimizedModule" else None
+
+
+class CompiledStep:
+    """The step of the module a `torch.compile`d model wraps (`_orig_mod`: the same parameters, so the
+    same per-sample gradients; the compiled graph is for training, and persample's hooks and
+    instrumented forwards do not belong in it), keyed as the compiled model names them."""
+
+    PREFIX = "_orig_mod."
+
+    def __init__(self, inner: PreparedStep) -> None:
+        self.inner = inner
+        self.method, self.checks, self.placement, self.choice = inner.method, inner.checks, inner.placement, inner.choice
+
+    def __call__(self, inputs: Inputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {self.PREFIX + name: grad for name, grad in self.inner(inputs, targets).items()}
 
 
 class Method(ABC):
@@ -97,6 +121,10 @@ class Method(ABC):
         Reads only data: the layers that couple samples (refused by every method), the packages,
         devices and dtypes of `capabilities`, then each of its `refusals`.
         """
+        with random_states_preserved():  # a refusal may trace the model or import a library
+            return self._problem(model, device, dtype)
+
+    def _problem(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> Unsupported | None:
         caps, name = self.capabilities, self.name
         finding = COUPLING.finds(model, device, dtype)
         if finding is not None:  # first: refused by every method, whatever else
@@ -131,13 +159,11 @@ class Method(ABC):
         Raises `Unsupported` (naming the layer, the reason and the methods that can), or
         `LossNotPerSample` (a `ValueError`) for a loss that is not one loss per sample.
         """
-        loss_fn = loss_fn or default_loss
-        inputs, targets = example_batch
-        call = CallArgs.of(inputs)
-        params = trainable_parameters(model)
-        if not params:
-            raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
-        param = next(iter(params.values()))
+        wrapped = compiled_inner(model)
+        if wrapped is not None:
+            return CompiledStep(self.prepare(wrapped, loss_fn, example_batch))
+        loss_fn, call, targets, param = arguments(model, loss_fn, example_batch)
+        check_grad_mode()
         self.check(model, param.device, param.dtype)
         check_inputs_match(model, call)
         check_targets(targets, call.batch_size)
@@ -149,6 +175,7 @@ class Method(ABC):
             with context.checking():
                 checks.check_loss_per_sample(context)
                 self._check_assumptions(context)
+            context.release()  # the whole batch's graph and captured tensors
             with preserved(model):
                 raw = self._build(context, model, loss_fn, (call if self.takes_call_args else call.to_user(), targets))
             with context.checking(), preserved(model):
@@ -156,7 +183,8 @@ class Method(ABC):
         except Unsupported as refused:
             raise self._with_alternatives(refused, model, param.device, param.dtype) from None
         report = context.finish()
-        step = PreparedStep(self, model, loss_fn, raw, context.mutated_buffers, report)
+        saved = None if self.capabilities.reference else context.mutated_buffers  # loop restores every buffer itself
+        step = PreparedStep(self, model, loss_fn, raw, saved, report)
         step.placement = getattr(raw, "placement", None)
         step.prepare_seconds = time.perf_counter() - start
         return step
@@ -197,6 +225,46 @@ class Method(ABC):
 
     def __repr__(self) -> str:
         return f"<method {self.name}>"
+
+
+def arguments(model: nn.Module, loss_fn: LossFn | None, example_batch: Batch):
+    """(loss function, `CallArgs`, targets, first trainable parameter) of a `prepare` call."""
+    inputs, targets = example_batch
+    return per_sample_loss(loss_fn or default_loss), data_of(CallArgs.of(inputs)), targets, first_trainable_parameter(model)
+
+
+def data_of(call: CallArgs) -> CallArgs:
+    """The inputs as data: detached (gradients are with respect to parameters; an input that
+    requires grad must not collect any), and refused when made under torch.inference_mode()."""
+    for name, tensor in call.tensors():
+        if tensor.is_inference():
+            raise ValueError(
+                f"input {name} was created under torch.inference_mode(), and such tensors cannot be saved for "
+                "backward; create it outside inference mode (torch.no_grad() is fine) or pass tensor.clone() made "
+                "outside it")
+    return call.map(torch.Tensor.detach)
+
+
+def check_grad_mode() -> None:
+    if torch.is_inference_mode_enabled():
+        raise ValueError("per-sample gradients cannot be computed under torch.inference_mode(), which forbids "
+                         "gradients; call outside it (under torch.no_grad() is fine)")
+
+
+def per_sample_loss(loss_fn: LossFn) -> LossFn:
+    """`loss_fn` whose every result is checked to be one loss per sample (a loss module whose
+    `reduction` changed after preparing must not pass unnoticed)."""
+    if getattr(loss_fn, "_persample_checked", False):
+        return loss_fn
+
+    def checked(outputs, targets):
+        losses = loss_fn(outputs, targets)
+        check_loss_shape(losses, targets.shape[0])
+        return losses
+
+    checked._persample_checked = True
+    checked.__wrapped__ = loss_fn
+    return checked
 
 
 def _can_run(method: Method, model: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:

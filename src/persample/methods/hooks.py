@@ -22,7 +22,7 @@ from ..assumptions import INTACT_OUTPUTS
 from ..batch import CallArgs
 from ..capabilities import Finding, refusal
 from ..contract import Batch, LossFn, trainable_parameters
-from ..checks.guard import SumGuard
+from ..checks.guard import BatchResidual
 from ..observe import LayerCall, first_input
 from ..rules import LayerRule, rule_types
 from .registry import Capabilities, register
@@ -59,37 +59,45 @@ def grads_from_calls(
     method: str,
     *,
     retain_graph: bool = False,
-    guard: SumGuard | None = None,
+    guard: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Each call's rule applied to (input, ∂Σℓ/∂output), summed per parameter (reused or tied
     layers add up); a parameter that no call reached gets zeros. Calls whose output carries no
-    gradient (made under torch.no_grad()) contribute nothing. With a `guard`, the same backward
-    also gives the batch gradient, and Σᵢ gᵢ is held against it (`persample.checks.guard`)."""
+    gradient (made under torch.no_grad()) contribute nothing. With `guard`, the same backward also
+    gives autograd's batch gradient, held against the rules' batch formulas (`persample.checks.guard`)."""
     live = [c for c in calls if isinstance(c.output, torch.Tensor) and c.output.requires_grad]
-    targets = [c.output for c in live] + (list(params.values()) if guard is not None else [])
+    targets = [c.output for c in live] + (list(params.values()) if guard else [])
     grads = torch.autograd.grad(losses.sum(), targets, allow_unused=True, retain_graph=retain_graph) if targets else []
     grad_outputs, batch_grads = grads[: len(live)], dict(zip(params, grads[len(live):]))
     _check_outputs_intact(live, method)
     batch = losses.shape[0]
     rules: dict[nn.Module, LayerRule] = {}
     by_param: dict[int, torch.Tensor] = {}
+    # With the guard, autograd's batch gradient minus what each call's rule accounts for, in place
+    # (no second copy of the batch gradient is held): what remains must be rounding.
+    residual = BatchResidual(params, batch_grads) if guard else None
     for call, grad_out in zip(live, grad_outputs):
         if grad_out is None:  # this call's output does not reach the loss
             continue
         rule = rules.setdefault(call.module, lookup(call.module))
-        for local, grad in rule.grad_sample(call.module, call.input, grad_out).items():
+        per_call = rule.grad_sample(call.module, call.input, grad_out)
+        summed = (rule.grad_batch(call.module, call.input, grad_out) if rule.grad_batch else
+                  {k: v.sum(0) for k, v in per_call.items()}) if guard else {}
+        for local, grad in per_call.items():
             param = getattr(call.module, local)
             if isinstance(param, nn.Parameter) and param.requires_grad:
                 key = id(param)
                 by_param[key] = grad if key not in by_param else by_param[key] + grad
+                if residual is not None:
+                    residual.account(param, summed.pop(local))
     # Zeros only for parameters no call reached (a `get` default would allocate them for every
     # parameter, doubling the peak memory).
     per_sample = {
         name: by_param[id(p)] if id(p) in by_param else p.new_zeros(batch, *p.shape)
         for name, p in params.items()
     }
-    if guard is not None:
-        guard.check(per_sample, batch_grads)
+    if residual is not None:
+        residual.check(method)
     return per_sample
 
 
@@ -105,7 +113,7 @@ def _check_outputs_intact(calls: list[LayerCall], method: str) -> None:
 class HooksLikeMethod(RuleBasedMethod):
     """Forward capture + output gradients + a rule per layer; subclasses pick the rules.
 
-    `guard=False` drops the per-call check of Σᵢ gᵢ against the batch gradient
+    `guard=False` drops the per-call check of the batch gradient against what the rules saw
     (`persample.checks.guard`): a little faster, for models whose path cannot change between batches.
     """
 
@@ -116,7 +124,7 @@ class HooksLikeMethod(RuleBasedMethod):
         layers = list(owners_with_rules(model, self.rule_lookup()))
         params = trainable_parameters(model)
         lookup, name = self.rule_lookup(), self.name
-        guard = SumGuard(params, name) if self.guard else None
+        guard = self.guard
 
         def step(call: CallArgs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
             outputs, calls = capture_calls(model, layers, call)

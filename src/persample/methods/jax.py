@@ -89,6 +89,7 @@ class JaxMethod(Method):
         from ..jax_translate.translation import translate
 
         call, targets = example_batch
+        loss_fn = getattr(loss_fn, "__wrapped__", loss_fn)  # traced: its shape is checked in the trace
         try:
             translation = translate(model, loss_fn, call)
         except Unsupported as unsupported:

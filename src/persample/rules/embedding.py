@@ -25,6 +25,15 @@ class EmbeddingRule:
         return {"weight": grad}
 
     @staticmethod
+    def grad_batch(module: nn.Embedding, idx: torch.Tensor, grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Σₙ gW[n]: one scatter-add of every token's output gradient into its row."""
+        d = module.weight.shape[1]
+        grad = grad_out.new_zeros(module.weight.shape).index_add_(0, idx.reshape(-1), grad_out.reshape(-1, d))
+        if module.padding_idx is not None:
+            grad[module.padding_idx] = 0
+        return {"weight": grad}
+
+    @staticmethod
     def expanded_forward(module: nn.Embedding, idx: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
         weight = weights["weight"]
         if module.padding_idx is not None:

@@ -27,6 +27,15 @@ class LinearRule:
         return grads
 
     @staticmethod
+    def grad_batch(module: nn.Linear, x: torch.Tensor, grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Σₙ gW[n] = gᵀ x over every (n, t) row: one matrix product, no per-sample tensor."""
+        x2, g2 = x.reshape(-1, x.shape[-1]), grad_out.reshape(-1, grad_out.shape[-1])
+        grads = {"weight": g2.t() @ x2}
+        if module.bias is not None:
+            grads["bias"] = g2.sum(0)
+        return grads
+
+    @staticmethod
     def expanded_forward(module: nn.Linear, x: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
         out = torch.einsum("nti,noi->nto", _tokens(x), weights["weight"])
         if "bias" in weights:

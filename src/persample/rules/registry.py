@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 GradSample = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+"""`grad_sample(module, x, grad_out) -> {local param name: (B, *param.shape)}`; `grad_batch`, the
+same summed over the batch, (*param.shape), computed without the per-sample tensor."""
 ExpandedForward = Callable[[nn.Module, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
 
@@ -19,12 +21,16 @@ class LayerRule:
     expanded_forward(module, x, weights) -> output, with weights[name] of shape (B, *param.shape)
     params: the local names of the parameters the formulas read (a layer owning any other
     trainable parameter, such as weight_norm's weight_g, is not what the rule describes)
+    grad_batch(module, x, grad_out) -> {local param name: (*param.shape)}: Σᵢ of grad_sample,
+    without making the per-sample tensor (what the guard of a prepared step compares with
+    autograd's batch gradient); None: summed from grad_sample
     """
 
     layer: type[nn.Module]
     grad_sample: GradSample
     expanded_forward: ExpandedForward
     params: tuple[str, ...] = ("weight", "bias")
+    grad_batch: GradSample | None = None
 
 
 _RULES: dict[type[nn.Module], LayerRule] = {}
@@ -34,7 +40,8 @@ def register_rule(layer: type[nn.Module]) -> Callable[[type], type]:
     """Class decorator: the class's static `grad_sample` and `expanded_forward` become a rule."""
 
     def decorate(cls: type) -> type:
-        _RULES[layer] = LayerRule(layer, cls.grad_sample, cls.expanded_forward, getattr(cls, "params", ("weight", "bias")))
+        _RULES[layer] = LayerRule(layer, cls.grad_sample, cls.expanded_forward, getattr(cls, "params", ("weight", "bias")),
+                                  getattr(cls, "grad_batch", None))
         return cls
 
     return decorate
