@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+from persample.conformance.records import SCHEMA as CONFORMANCE_SCHEMA
 from persample.report.data import BenchRow
 
 COLUMNS = (
@@ -29,7 +30,7 @@ def bench_row(**fields) -> BenchRow:
 
 
 def record(method: str, workload: str, dtype: str, device: str = "cpu", outcome: str = "pass", **fields) -> dict:
-    """A conformance record in the `persample.conformance/1` schema."""
+    """A conformance record in the schema `persample.conformance.records` writes."""
     measured = outcome == "pass"
     base = {
         "id": f"{method}-{workload}-{dtype}-{device}", "method": method, "workload": workload, "dtype": dtype,
@@ -57,7 +58,7 @@ def write_results(path: Path, rows: list[dict]) -> Path:
 def write_conformance(reports: Path, name: str, device: str, records: list[dict], gpu: str | None = None) -> Path:
     machine = {"name": name, "device": device, "gpu": gpu, "cpu": "Test CPU", "cores": 2,
                "versions": {"torch": "2.13.0", "opacus": "1.6.0"}}
-    payload = {"schema": "persample.conformance/1", "created": "2026-11-22T18:00:00+00:00", "machine": machine, "records": records}
+    payload = {"schema": CONFORMANCE_SCHEMA, "created": "2026-11-22T18:00:00+00:00", "machine": machine, "records": records}
     path = reports / "conformance" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload))

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CONFORMANCE_SCHEMA = "persample.conformance/1"
+from ..conformance.records import SCHEMA as CONFORMANCE_SCHEMA
+
 CAPTURED = "captured"
 
 
