@@ -9,6 +9,9 @@ torch.no_grad(), a derivative taken inside forward, parametrizations and hooks. 
 the step passes `compiler_options={"xla_allow_excess_precision": False}` (per compilation, never
 process-wide), so half-precision results round wherever torch's ops round; on XLA:CPU float32
 products and convolutions are always computed in float32 (docs/findings/jax-cpu-precision.md).
+Like `jax.jit`, the step keeps the Python values it read while tracing (a config field, a loss
+module's `label_smoothing`): `per_sample_grads` prepares again when the model's or the loss
+module's attributes change, but not for a global or a closure's variable.
 
 On a GPU, JAX preallocates 75% of the memory at its first use: set the environment variable
 XLA_PYTHON_CLIENT_PREALLOCATE=false when JAX shares a process with torch measurements.
