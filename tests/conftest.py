@@ -7,3 +7,12 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(monkeypatch, tmp_path_factory):
+    """No test reads or writes the user's cache of measurements (`persample.recommendations`)."""
+    monkeypatch.setenv("PERSAMPLE_CACHE", str(tmp_path_factory.mktemp("persample-cache")))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import persample
+import persample.methods
 from persample import selection
 from persample.deviations import Deviation, Feature, load_deviations, packaged_deviations
 from persample.workloads import get_workload
@@ -34,7 +35,7 @@ def padded_batch(batch: int = 100):
 
 
 def test_auto_never_picks_a_method_whose_known_deviation_applies(monkeypatch):
-    monkeypatch.setattr(selection, "measured_ranking", lambda *a: (["torch-ew", "opacus-ew", "hooks"], "measured: test"))
+    monkeypatch.setattr(selection, "candidates", lambda *a, **k: (["torch-ew", "opacus-ew", "hooks"], "test order"))
     model, (tokens, y) = PaddedText(), padded_batch()
     choice = selection.explain_choice(model, CPU, torch.float32, 100, example_batch=(tokens, y))
     assert choice.method.name == "hooks"
@@ -52,8 +53,44 @@ def test_a_candidate_whose_checks_refuse_hands_over_to_the_next(monkeypatch):
     assert choice.passed_over[0].startswith("hooks: layer lin (Linear)")
 
 
+def test_methods_that_guard_themselves_come_before_peers_measured_faster(monkeypatch):
+    monkeypatch.setattr(selection, "measured_ranking", lambda *a: (["opacus-ew", "torch-ew", "vmap", "hooks"], "measured: test"))
+    names, _ = selection.candidates(nn.Linear(4, 3), CPU, torch.float32, 8)
+    assert names[:2] == ["vmap", "hooks"] and names.index("opacus-ew") > names.index("expand")
+    assert names[-1] == "loop"
+
+
+class Switchable(nn.Module):
+    """Once `extra` is switched on, a weight is also used outside its layer (F.linear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 3)
+        self.extra = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if self.extra:
+            h = h + 0.5 * nn.functional.linear(torch.tanh(h), self.a.weight)
+        return self.b(torch.tanh(h))
+
+
+def test_a_peer_auto_picked_is_guarded_on_every_call_and_auto_chooses_again_when_it_is_wrong(monkeypatch):
+    monkeypatch.setattr(selection, "candidates", lambda *a, **k: (["opacus-ew", "loop"], "test order"))
+    torch.manual_seed(0)
+    model, x, y = Switchable(), torch.randn(8, 6), torch.randint(3, (8,))
+    step = persample.methods.get("auto").prepare(model, None, (x, y))
+    assert step.method == "opacus-ew"  # right as prepared
+    first = step.choice
+    model.extra = True  # the prepared step misses the new use of a.weight: Σᵢ gᵢ is not the batch gradient
+    got, want = step(x, y), persample.methods.get("loop")(model, x, y)
+    assert step.choice is not first  # chosen again, on this batch, where it is verified
+    for name in want:
+        assert torch.allclose(got[name], want[name], rtol=1e-4, atol=1e-6)
+
+
 def test_a_peer_that_is_wrong_on_the_example_batch_is_passed_over(monkeypatch):
-    monkeypatch.setattr(selection, "measured_ranking", lambda *a: (["opacus-ew", "loop"], "measured: test"))
+    monkeypatch.setattr(selection, "candidates", lambda *a, **k: (["opacus-ew", "loop"], "test order"))
     problem = get_workload("energy_gradient").build("small", seed=0)
     choice = selection.explain_choice(problem.model, CPU, torch.float32, 8, example_batch=(problem.inputs, problem.targets))
     assert choice.method.name != "opacus-ew"

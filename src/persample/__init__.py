@@ -10,16 +10,19 @@ from .api import per_sample_grad_norms, per_sample_grads
 from .contract import default_loss
 from .errors import LossNotPerSample, StaleStep, Unsupported
 from .methods.registry import Capabilities, Method, available_methods, register
+from .modelcheck import CheckReport, check
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Capabilities",
+    "CheckReport",
     "LossNotPerSample",
     "StaleStep",
     "Method",
     "Unsupported",
     "available_methods",
+    "check",
     "default_loss",
     "per_sample_grad_norms",
     "per_sample_grads",

@@ -28,7 +28,8 @@ def _define(id: str, statement: str, fix: str) -> Assumption:
 SAMPLES_INDEPENDENT = _define(
     "samples-independent",
     "no layer couples the samples of a batch (sample i's output depends on sample i alone)",
-    "replace BatchNorm with GroupNorm or LayerNorm, or put it in eval mode with running statistics",
+    "compute every statistic per sample: GroupNorm or LayerNorm instead of BatchNorm (or BatchNorm in eval "
+    "mode with running statistics), and no reduction, normalisation or attention over the batch dimension",
 )
 LOSS_PER_SAMPLE = _define(
     "loss-per-sample",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .assumptions import LAYER_RULES, get_assumption
+from .assumptions import LAYER_RULES, MATCHES_DEFINITION, get_assumption
 from .errors import Unsupported
 
 FLOATING = frozenset({torch.float64, torch.float32, torch.bfloat16, torch.float16})
@@ -76,6 +76,13 @@ class Capabilities:
     reference: bool = False
     chooser: bool = False  # picks another method for each model (`auto`): not benchmarked or ranked itself
     notes: str = ""
+
+    @property
+    def checks_itself(self) -> bool:
+        """Whether the method holds its own answer to the definition (its checks and per-call guard,
+        `matches-definition`), or is the reference; a peer or plugin does not, so `auto` verifies it
+        on the example batch and guards every call."""
+        return self.reference or MATCHES_DEFINITION.id in self.relies_on
 
     def layer_vocabulary(self) -> str:
         """Human-readable list of supported layer types, for errors and the report."""

@@ -1,4 +1,4 @@
-"""`persample run | conformance | bench | collect | report | methods | workloads`."""
+"""`persample run | conformance | check | bench | collect | report | methods | workloads`."""
 from __future__ import annotations
 
 import argparse
@@ -26,7 +26,7 @@ def _workloads(args: argparse.Namespace) -> int:
 
 
 # Each area adds its own sub-commands: `add_commands(subparsers)` in these modules.
-COMMAND_MODULES = ("persample.bench.commands", "persample.report.commands", "persample.runner")
+COMMAND_MODULES = ("persample.bench.commands", "persample.report.commands", "persample.runner", "persample.modelcheck.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         args.pytest_args = [*extra, *args.pytest_args]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.from_command_line = argv is None  # sys.argv is this command's own (a command may restart itself)
     return args.run(args)
 
 

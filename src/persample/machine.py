@@ -52,6 +52,16 @@ def cpu_slug(model: str, cores: int | None) -> str:
     return f"cpu-{slug or 'unknown'}-{cores}core"
 
 
+def machine_name(device: torch.device | str) -> str:
+    """The name results of `device` on this machine are filed under: the GPU's slug for CUDA
+    ('h100-80gb'), else the CPU's ('cpu-amd-epyc-9554-2core')."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return gpu_slug(props.name, props.total_memory)
+    return cpu_slug(cpu_model(), os.cpu_count())
+
+
 def machine_info(device: torch.device | str | None = None) -> dict:
     """Identity of this machine for `device`: name (the GPU for CUDA), hardware and versions."""
     device = torch.device(device) if device is not None else default_device()
@@ -75,9 +85,7 @@ def machine_info(device: torch.device | str | None = None) -> dict:
             compute_capability=f"{props.major}.{props.minor}",
             driver=_nvidia_driver(),
         )
-        info["name"] = gpu_slug(props.name, props.total_memory)
-    else:
-        info["name"] = cpu_slug(info["cpu"], info["cores"])
+    info["name"] = machine_name(device)
     return info
 
 

@@ -44,6 +44,12 @@ VANISHING_FRACTION = 1e-2
 """A gradient smaller than this fraction of the largest parameter gradient counts as vanishing:
 its error is scaled by that floor, not by its own (near-zero) norm."""
 
+SIGNAL_FRACTION = 1e-10
+"""Below the floor a parameter's gradients may be off by rounding, but not missing: when a method's
+are all exactly zero and the reference's norm is above this fraction of the largest (far above
+float64's rounding), the parameter was left out of the computation (a zeroed branch, a detached
+path) and the comparison says so."""
+
 
 def mode_name(dtype: torch.dtype, tf32: bool = False) -> str:
     """"float32", "bfloat16", ... or "tf32" for float32 with TF32 enabled."""
@@ -71,6 +77,10 @@ def reference_grads(
     from .methods.registry import get
 
     model64 = copy_model(model).to(torch.float64)
+    copies = dict(model64.named_parameters())
+    for name, param in model.named_parameters():  # a deep copy drops hooks on tensors; the gradient includes them
+        for hook in (getattr(param, "_backward_hooks", None) or {}).values():
+            copies[name].register_hook(hook)
     inputs64 = CallArgs.of(inputs).map(lambda x: x.double() if x.is_floating_point() else x)
     targets64 = targets.double() if targets.is_floating_point() else targets
     return get("loop")(model64, inputs64.to_user(), targets64, loss_fn)
@@ -139,9 +149,16 @@ def compare(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) 
                 f"{name}: shape {tuple(got.shape)}, expected {tuple(ref[name].shape)} (B, *param.shape)"
             )
             continue
+        underflow = 1e3 * torch.finfo(got.dtype).tiny if got.is_floating_point() else 0.0
         got = got.double().cpu()
         if not torch.isfinite(got).all():
             result.problems.append(f"{name}: non-finite values (NaN or inf)")
+            continue
+        norm = ref[name].norm().item()
+        if floor and not got.any() and norm > SIGNAL_FRACTION * floor / VANISHING_FRACTION and ref[name].abs().max().item() > underflow:
+            result.problems.append(f"{name}: every per-sample gradient is exactly zero, but the reference's are not "
+                                   f"(norm {norm:.3g}, {norm * VANISHING_FRACTION / floor:.2g} of the largest parameter's): "
+                                   "the parameter was left out of the computation")
             continue
         diff = got - ref[name]
         result.relative[name] = diff.norm().item() / max(ref[name].norm().item(), floor, 1e-300)

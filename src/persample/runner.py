@@ -9,29 +9,45 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .conformance.options import given, long_spelling
 from .machine import default_device
 
 
-def conformance_command(repo: Path, pytest_args: list[str]) -> list[str]:
+PLUGIN = "persample.conformance.plugin"
+SUITE = "persample.conformance.suite"
+
+
+def suite_arguments(repo: Path | None, pytest_args: list[str]) -> list[str]:
+    """pytest's arguments that select the suite: this checkout's conformance/ (which takes either
+    spelling of the options), or the installed suite through the opt-in plugin (long spellings)."""
+    if repo is not None:
+        return [str(repo / "conformance"), *pytest_args]
+    return ["-p", PLUGIN, "--pyargs", SUITE, *long_spelling(pytest_args)]
+
+
+def conformance_command(repo: Path | None, pytest_args: list[str]) -> list[str]:
     """The pytest command line of the conformance suite; parallel on a CPU when xdist is there
     (one GPU is shared badly by several workers, so a GPU runs it in one process)."""
-    command = [sys.executable, "-m", "pytest", str(repo / "conformance"), "-q"]
+    command = [sys.executable, "-m", "pytest", "-q"]
     if default_device().type == "cpu" and importlib.util.find_spec("xdist") is not None:
         workers = max(1, min(os.cpu_count() or 1, 4))
         command += ["-n", str(workers), "--dist", "loadgroup"]
-    return command + pytest_args
+    return command + suite_arguments(repo, pytest_args)
 
 
-def run_conformance(repo: Path, pytest_args: list[str], every_mode: bool = False) -> int:
-    """Run the conformance matrix; it writes reports/conformance/<machine>.json. Returns pytest's code.
+def run_conformance(repo: Path | None, pytest_args: list[str], every_mode: bool = False) -> int:
+    """Run the conformance matrix of `repo` (a checkout), or the installed suite when `repo` is None,
+    from the current directory (relative paths in the arguments start there); the results go to
+    reports/conformance/<machine>.json under pytest's rootdir (the checkout, or the current
+    directory's project) unless `--results` says where. Returns pytest's code.
 
-    `every_mode`: the full product of modes this device offers (unless `--mode` is given); else the
+    `every_mode`: the full product of modes this device offers (unless a mode is given); else the
     CI profile, float32 and one reduced-precision mode per family."""
-    if every_mode and not any(arg == "--mode" or arg.startswith("--mode=") for arg in pytest_args):
+    if every_mode and not given(pytest_args, "mode"):
         pytest_args = [*pytest_args, "--mode", "all"]
     command = conformance_command(repo, pytest_args)
     print("$", " ".join(command), flush=True)
-    return subprocess.run(command, cwd=repo).returncode
+    return subprocess.run(command).returncode
 
 
 def run_main_job(repo: Path, pytest_args: list[str], skip_bench: bool = False) -> int:
@@ -59,19 +75,29 @@ def run_main_job(repo: Path, pytest_args: list[str], skip_bench: bool = False) -
     return next((code for code in codes if code), 0)
 
 
-def _repo() -> Path:
-    """The checkout to run in: the current directory if it holds the suite, else this package's."""
+def checkout() -> Path | None:
+    """The persample checkout to run in: the current directory if it is one, else the one this
+    package is installed from (an editable install); None for an installed package."""
     for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (candidate / "conformance" / "conftest.py").is_file():
+        if (candidate / "conformance" / "conftest.py").is_file() and (candidate / "src" / "persample").is_dir():
             return candidate
-    raise SystemExit("run this from the persample repository (conformance/ not found)")
+    return None
+
+
+def _repo() -> Path:
+    """The checkout the main job runs in (it writes reports/ there and benchmarks with its tests)."""
+    repo = checkout()
+    if repo is None:
+        raise SystemExit("run this from the persample repository (conformance/ not found)")
+    return repo
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     conformance = subparsers.add_parser(
-        "conformance", help="run the conformance matrix here, in every mode this device offers (extra "
-        "arguments go to pytest, e.g. --method vmap, --method mylib.plugin:method, --mode float32)")
-    conformance.set_defaults(run=lambda args: run_conformance(_repo(), args.pytest_args, every_mode=True))
+        "conformance", help="run the conformance matrix here, in every mode this device offers, from this "
+        "checkout or from the installed package anywhere (extra arguments go to pytest, e.g. --method vmap, "
+        "--method mylib.plugin:method, --mode float32, --results DIR, --deviations FILE)")
+    conformance.set_defaults(run=lambda args: run_conformance(checkout(), args.pytest_args, every_mode=True))
     conformance.add_argument("pytest_args", nargs=argparse.REMAINDER)
 
     run = subparsers.add_parser(

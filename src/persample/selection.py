@@ -1,14 +1,14 @@
 """`method="auto"`: the fastest method that is right for this model on this device.
 
 The candidates, in order:
-1. measured data first. The data is the report's (`persample.report.recommend`): per machine,
-   dtype, workload and batch size, the methods that ran and pass conformance there, fastest first.
-   It is read from the reports directory `$PERSAMPLE_RESULTS` names (else `./reports/`) when it
-   holds a `results.csv`, otherwise from the summary shipped in the package
-   (`persample/report/recommendations.json`). The case: a machine with the same device type (this
-   one preferred), the same compute mode, the zoo workload nearest to the model (same
-   parameter-owning layer types first, then the nearest parameter count;
-   `persample.report.signature`) and the nearest measured batch size on a log scale;
+1. measured data first (`persample.recommendations`: the packaged summary, this machine's local
+   cache, `$PERSAMPLE_RECOMMENDATIONS`). A ranking `persample check` measured for a model of the
+   same structure and inputs on a machine of this device type (this one preferred) comes first;
+   else the report's: per machine, mode, workload and batch size, the methods that ran and pass
+   conformance there, fastest first, for a machine with the same device type (this one
+   preferred), the same compute mode, the zoo workload nearest to the model (same parameter-owning
+   layer types first, then the nearest parameter count) and the nearest measured batch size on a
+   log scale;
 2. then the documented rule (README, "Which method does auto pick?"): on CUDA `kernel`, then
    `vmap`; on the CPU `hooks`, then `vmap` (`FALLBACK_ORDER`); then our other methods, the peers,
    and `loop` last, since it runs every model.
@@ -19,7 +19,6 @@ rule decided and why each earlier candidate was passed over.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -27,6 +26,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from . import recommendations
 from .assumptions import MATCHES_DEFINITION
 from .batch import CallArgs
 from .deviations import deviations_applying
@@ -56,11 +56,13 @@ class Choice:
 
 
 def candidates(model: nn.Module, device: torch.device, dtype: torch.dtype,
-               batch_size: int | None = None) -> tuple[list[str], str]:
+               batch_size: int | None = None, call: CallArgs | None = None) -> tuple[list[str], str]:
     """Method names in the order `auto` tries them, and what decided the front of the order."""
     methods = {name: m for name, m in registered().items() if not m.capabilities.chooser}
     try:
-        measured, basis = measured_ranking(model, device, dtype, batch_size)
+        measured, basis = checked_ranking(model, call, device, dtype, batch_size) if call is not None else ([], "")
+        if not measured:
+            measured, basis = measured_ranking(model, device, dtype, batch_size)
     except (OSError, ValueError, KeyError, TypeError):  # unreadable data must not break auto
         measured, basis = [], ""
     order = FALLBACK_ORDER.get(device.type, FALLBACK_ORDER["cpu"])
@@ -68,7 +70,10 @@ def candidates(model: nn.Module, device: torch.device, dtype: torch.dtype,
         basis = f"fallback rule for {device.type}: {' > '.join(order)} (no measured case fits)"
     ours = [n for n, m in methods.items() if not m.capabilities.peer and not m.capabilities.reference]
     peers = [n for n, m in methods.items() if m.capabilities.peer]
-    ranked = [*measured, *order, *ours, *peers, *(n for n, m in methods.items() if m.capabilities.reference)]
+    guarded = [n for n in measured if n in methods and methods[n].capabilities.checks_itself]
+    # methods that guard themselves on every call first: a peer, checked on the example batch only, would
+    # need autograd's batch gradient on every call (see methods/auto.py), which its measured time leaves out
+    ranked = [*guarded, *order, *ours, *measured, *peers, *(n for n, m in methods.items() if m.capabilities.reference)]
     return [n for i, n in enumerate(ranked) if n in methods and n not in ranked[:i]], basis
 
 
@@ -84,7 +89,8 @@ def explain_choice(
     """The method `auto` resolves to, with the case or rule that decided it and the candidates
     passed over. Given `example_batch` (inputs, targets), each candidate is also prepared on it
     (its checks run) and the prepared step is returned in `Choice.step`."""
-    names, basis = candidates(model, device, dtype, batch_size)
+    call = CallArgs.of(example_batch[0]) if example_batch is not None else None
+    names, basis = candidates(model, device, dtype, batch_size, call)
     methods = registered()
     passed_over: list[str] = []
     failures: list[Exception] = []
@@ -141,24 +147,41 @@ def verified_step(method: Method, model: nn.Module, loss_fn, example_batch) -> P
     from .contract import default_loss
 
     step = method.prepare(model, loss_fn, example_batch)
-    if MATCHES_DEFINITION.id not in method.capabilities.relies_on:
+    if not method.capabilities.checks_itself:
         call, targets = example_batch
         verify_answer(CheckContext(method.name, model, loss_fn or default_loss, CallArgs.of(call), targets), method)
     return step
+
+
+def checked_ranking(
+    model: nn.Module, call: CallArgs, device: torch.device, dtype: torch.dtype, batch_size: int | None
+) -> tuple[list[str], str]:
+    """The ranking `persample check` measured for a model of this structure and inputs, this machine
+    first, at the nearest batch size; and a sentence saying so."""
+    summary, origin = recommendations.current()
+    from .machine import machine_name
+
+    here = machine_name(device)
+    modes = _modes(device, dtype)
+    found = [c for c in recommendations.checked_cases(summary, recommendations.structure_key(model, call), device.type)
+             if c.mode in modes]
+    if not found:
+        return [], ""
+    ours = [c for c in found if c.machine == here] or found
+    case = recommendations.nearest_batch(ours, batch_size)
+    return list(case.ranking), (f"checked: `persample check` measured this model's structure at batch {case.batch_size}, "
+                                f"{case.mode} on {case.machine} ({origin})")
 
 
 def measured_ranking(
     model: nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int | None
 ) -> tuple[list[str], str]:
     """The ranking of the nearest measured case, and a sentence saying which case it is."""
-    from .report.signature import signature_of
-    from .report.summary import cases, current
-
-    summary, origin = current()
-    signature = signature_of(model)
+    summary, origin = recommendations.current()
+    signature = recommendations.signature_of(model)
     for machine_name, machine in _machines(summary, device):
         for mode in _modes(device, dtype):
-            case = _nearest_case(summary, cases(machine, mode), signature, batch_size)
+            case = _nearest_case(summary, recommendations.cases(machine, mode), signature, batch_size)
             if case is not None:
                 basis = (f"measured: fastest conformant methods for {case.workload} ({case.size}), batch "
                          f"{case.batch_size}, {mode} on {machine_name} ({origin})")
@@ -168,18 +191,16 @@ def measured_ranking(
 
 def _nearest_case(summary: dict, measured: list, signature, batch_size: int | None):
     """The measured case nearest to the model: its workload first, then its batch size."""
-    from .report.signature import Signature, nearest
-
     known = summary.get("workloads", {})
     options = {
-        (case.workload, case.size): Signature.from_json(known[case.workload][case.size])
+        (case.workload, case.size): recommendations.Signature.from_json(known[case.workload][case.size])
         for case in measured
         if case.size in known.get(case.workload, {})
     }
     if not options:
         return None
-    workload = nearest(signature, options)
-    return _nearest_batch([case for case in measured if (case.workload, case.size) == workload], batch_size)
+    workload = recommendations.nearest(signature, options)
+    return recommendations.nearest_batch([case for case in measured if (case.workload, case.size) == workload], batch_size)
 
 
 def _modes(device: torch.device, dtype: torch.dtype) -> list[str]:
@@ -202,11 +223,3 @@ def _this_machine(device: torch.device) -> str:
     from .machine import cpu_model, cpu_slug
 
     return cpu_slug(cpu_model(), os.cpu_count())
-
-
-def _nearest_batch(measured: list, batch_size: int | None):
-    """Nearest on a log scale (ties: the larger); without a batch size, the middle one."""
-    ordered = sorted(measured, key=lambda case: case.batch_size)
-    if batch_size is None:
-        return ordered[(len(ordered) - 1) // 2]
-    return min(reversed(ordered), key=lambda case: abs(math.log(max(case.batch_size, 1) / max(batch_size, 1))))

@@ -143,6 +143,58 @@ def _same_contents(container, saved) -> bool:
     return all(a is b for a, b in zip(container, saved))
 
 
+HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+              "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _values_of(slots, kind: str) -> list[torch.Tensor]:
+    return [t for _, k, slot in slots if k == kind for t in slot.values() if t is not None]
+
+
+def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes, dtypes and values, NaN equal to NaN (a buffer holding NaN is unchanged)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return bool(((a == b) | (a.isnan() & b.isnan())).all())
+    return torch.equal(a, b)
+
+
+@contextmanager
+def restored_after(model: nn.Module) -> Iterator[None]:
+    """Run the block, then put the whole model back as it was: the parameter and buffer objects
+    and values, `.grad`, attributes, hooks, training modes and the random states. For running code
+    that may misbehave (a method under check) on a user's model; costs a copy of the state dict."""
+    modules = list(model.modules())
+    slots = [(m, kind, dict(getattr(m, kind))) for m in modules for kind in ("_parameters", "_buffers")]
+    values = {id(t): t.detach().clone() for _, _, slot in slots for t in slot.values() if t is not None}
+    modes = [(m, m.training) for m in modules]
+    flags = [(p, p.requires_grad) for p in _values_of(slots, "_parameters")]
+    hooks = [(m, name, dict(getattr(m, name))) for m in modules for name in HOOK_DICTS if hasattr(m, name)]
+    with preserved(model):
+        try:
+            yield
+        finally:
+            for module, kind, saved in slots:
+                current = getattr(module, kind)
+                if current.keys() != saved.keys() or any(current[k] is not v for k, v in saved.items()):
+                    current.clear()
+                    current.update(saved)
+                with torch.no_grad():
+                    for tensor in saved.values():
+                        if tensor is not None and not same_values(tensor, values[id(tensor)]):
+                            tensor.copy_(values[id(tensor)])
+            for module, mode in modes:
+                module.training = mode
+            for param, flag in flags:
+                param.requires_grad_(flag)
+            for module, name, saved in hooks:
+                current = getattr(module, name)
+                if list(current.keys()) != list(saved.keys()) or any(current[k] is not v for k, v in saved.items()):
+                    current.clear()
+                    current.update(saved)
+
+
 @contextmanager
 def preserved(model: nn.Module, copy: frozenset[str] | None = None) -> Iterator[BufferSnapshot]:
     """Run the block, then restore the model's buffers, `.grad`, plain attributes and the global

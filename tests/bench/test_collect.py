@@ -2,6 +2,7 @@
 or not run) and null (failed) become ok/skipped/failed rows with reasons, the baseline fills its
 columns, the floor comes from the machine's calibration, and the report can read the table."""
 import argparse
+import csv
 import itertools
 import json
 
@@ -143,3 +144,47 @@ def test_the_collect_command_reads_the_globs_and_reports_the_counts(asv_results,
     assert args.run(args) == 0
     assert "3 rows from 1 machine(s) (h100-80gb); 1 ok, 1 skipped, 1 failed" in capsys.readouterr().out
     assert len(out.read_text().splitlines()) == 4
+
+
+def committed_row(**changes):
+    """A row of another machine as a committed table holds it (its raw results are not here)."""
+    row = {column: "" for column in COLUMNS}
+    row.update(machine="cpu-amd-epyc-2core", device="cpu", workload="mlp", size="full", batch_size="32",
+               dtype="float32", method="hooks", variant="eager", status="ok", median_s="0.0123",
+               source="pytest-benchmark", commit="c" * 40, date="2026-06-01T00:00:00+00:00")
+    row.update(changes)
+    return row
+
+
+def write_table(path, rows):
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_rows_of_a_machine_whose_raw_results_are_absent_are_kept(asv_results, tmp_path):
+    out = write_table(tmp_path / "results.csv", [committed_row(), committed_row(method="vmap", median_s="0.02")])
+    table = collect(asv_results, [], out)
+    assert {row["machine"] for row in table} == {"cpu-amd-epyc-2core", "h100-80gb"}
+    kept = {row.method: row for row in read_results(out) if row.machine == "cpu-amd-epyc-2core"}
+    assert set(kept) == {"hooks", "vmap"} and kept["hooks"].median_s == 0.0123
+
+
+def test_a_newer_run_replaces_the_kept_row_of_its_case_and_an_older_one_does_not(tmp_path):
+    newer = pytest_benchmark_json(tmp_path / "quick.json", "2027-01-01T00:00:00+00:00", {"vmap": 0.4})
+    kept = committed_row(machine="h100-80gb", device="cuda", gpu="NVIDIA H100 80GB HBM3", batch_size="256",
+                         method="vmap", median_s="0.9", date="2026-06-01T00:00:00+00:00")
+    out = write_table(tmp_path / "results.csv", [kept])
+    assert [row["median_s"] for row in collect(tmp_path / "absent", [newer], out)] == [0.4]
+    out = write_table(tmp_path / "results.csv", [{**kept, "date": "2028-01-01T00:00:00+00:00"}])
+    assert [row["median_s"] for row in collect(tmp_path / "absent", [newer], out)] == ["0.9"]
+
+
+def test_collecting_twice_changes_nothing(asv_results, tmp_path):
+    out = tmp_path / "results.csv"
+    collect(asv_results, [], out)
+    first = out.read_text()
+    collect(asv_results, [], out)
+    assert out.read_text() == first

@@ -106,11 +106,17 @@ def test_the_grid_follows_the_device_unless_the_environment_names_one(monkeypatc
     assert current_grid().name == ("gpu" if torch.cuda.is_available() else "cpu")
 
 
-def test_the_cpu_grid_times_every_zoo_workload_at_batch_256():
+def test_the_cpu_grid_times_every_zoo_workload_at_three_batch_sizes_or_more():
     grid = get_grid("cpu")
     assert {case.workload for case in grid.cases()} == {
         "mlp", "mnist_cnn", "cifar_cnn", "text_classifier", "transformer_block", "lstm_classifier", "linear_large"}
-    assert grid.batch_sizes == (256,) and grid.modes == ("float32",)
+    assert len(grid.batch_sizes) >= 3 and 256 in grid.batch_sizes and grid.modes == ("float32",)
+
+
+def test_the_quick_benchmark_shows_how_two_workloads_scale_with_the_batch():
+    grid = get_grid("quick")
+    batches = {workload: {c.batch_size for c in grid.cases() if c.workload == workload} for workload in grid.workloads}
+    assert len(batches) == 2 and all(len(sizes) >= 3 for sizes in batches.values())
 
 
 def test_the_selection_regex_selects_exactly_the_runnable_cases():
@@ -127,4 +133,4 @@ def test_quick_selection_keeps_the_quick_workloads_and_a_pattern_narrows_it():
     cases = get_grid("cpu").cases()
     quick = runner.selected_cases(cases, quick=True, pattern=None)
     assert {c.workload for c in quick} == {"mlp", "mnist_cnn"}
-    assert [c.id for c in runner.selected_cases(cases, quick=True, pattern="^vmap-mlp-")] == ["vmap-mlp-full-b256-float32-eager"]
+    assert [c.id for c in runner.selected_cases(cases, quick=True, pattern="^vmap-mlp-")] == ["vmap-mlp-full-b16-float32-eager"]

@@ -9,12 +9,14 @@ import pytest
 
 from persample.bench.calibration import Calibration, FILENAME as CALIBRATION
 from persample.bench.collect import collect
+from persample.bench.grid import get_grid
 from persample.bench.quick import pytest_env
 from persample.bench.runner import BenchOptions, run_bench
 from persample.machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ROOT / "tests" / "bench" / "test_quick_bench.py"
+QUICK_BATCHES = get_grid("quick").batch_sizes
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def test_asv_quick_run_of_one_case_is_saved_and_collected(asv_config, tmp_path):
     options = BenchOptions(quick=True, grid="quick", cases="^(vmap|baseline)-mlp-", config=str(asv_config))
     assert run_bench(ROOT, options) == 0
     table = collect(tmp_path / "results", [], tmp_path / "results.csv")
-    assert [(r["method"], r["workload"], r["batch_size"], r["status"]) for r in table] == [("vmap", "mlp", 32, "ok")]
+    assert [(r["method"], r["workload"], r["batch_size"], r["status"]) for r in table] == [("vmap", "mlp", QUICK_BATCHES[0], "ok")]
     row = table[0]
     assert row["median_s"] > 0 and row["peak_memory_bytes"] > 0 and row["baseline_s"] > 0
     assert row["floor_s"] > 0 and row["source"] == "asv" and row["machine"] == machine_info()["name"]
@@ -53,7 +55,7 @@ def run_quick(*arguments: str) -> subprocess.CompletedProcess:
 def test_quick_benchmark_runs_as_a_smoke_test_with_benchmarks_disabled():
     result = run_quick("--benchmark-disable")
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "2 passed" in result.stdout
+    assert "2 passed" in result.stdout  # the smallest batch only: a smoke test times nothing
 
 
 def test_quick_benchmark_json_names_the_machine_and_is_collected(tmp_path):
@@ -62,5 +64,6 @@ def test_quick_benchmark_json_names_the_machine_and_is_collected(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:]
     assert json.loads(out.read_text())["machine_info"]["persample"]["name"] == machine_info()["name"]
     table = collect(tmp_path / "no-asv-results", [out], tmp_path / "results.csv")
-    assert [(r["method"], r["source"], r["status"]) for r in table] == [("vmap", "pytest-benchmark", "ok")]
-    assert table[0]["baseline_s"] > 0 and table[0]["peak_memory_bytes"] > 0
+    assert sorted((r["batch_size"], r["method"], r["source"], r["status"]) for r in table) == [
+        (batch, "vmap", "pytest-benchmark", "ok") for batch in sorted(QUICK_BATCHES)]
+    assert all(row["baseline_s"] > 0 and row["peak_memory_bytes"] > 0 for row in table)

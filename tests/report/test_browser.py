@@ -34,6 +34,8 @@ PAGE_FACTS = """(() => {
     failCells: document.querySelectorAll("table.conformance td.cell.fail").length,
     unsupportedCells: document.querySelectorAll("table.conformance td.cell.unsupported").length,
     capabilityRows: document.querySelectorAll("table.capabilities tbody tr").length,
+    clippedLegends: [...document.querySelectorAll(".figure .legend")]  // its items taller than its box
+      .filter((legend) => legend.querySelector(".scrollbox").getBBox().height > legend.querySelector(".bg").getBBox().height + 1).length,
     failedFigures: window.persampleReport.failed,
   };
 })()"""
@@ -85,6 +87,7 @@ def test_the_page_renders_offline_without_console_errors(browser, page, tmp_path
     assert facts["heatmaps"] >= 2
     assert facts["matrixCells"] == 2 * 2 * 21 and facts["failCells"] > 0 and facts["unsupportedCells"] > 0
     assert facts["capabilityRows"] == len(registered())
+    assert facts["clippedLegends"] == 0  # every legend fits its figure
     assert screenshot.stat().st_size > 50_000
 
 

@@ -9,7 +9,7 @@ import re
 import plotly.graph_objects as go
 import pytest
 
-from persample.report import summary
+from persample import recommendations
 from persample.report.build import build_report
 from persample.report.commands import add_commands
 from persample.report.data import load
@@ -132,7 +132,7 @@ def test_an_unreadable_conformance_file_is_named_not_fatal(tmp_path):
 
 def test_the_package_summary_is_merged_by_machine(tmp_path, reports):
     packaged = tmp_path / "recommendations.json"
-    packaged.write_text(json.dumps({"schema": summary.SCHEMA, "machines": {"a100-80gb": {"device": "cuda", "cases": {}}}, "workloads": {}}))
+    packaged.write_text(json.dumps({"schema": recommendations.SCHEMA, "machines": {"a100-80gb": {"device": "cuda", "cases": {}}}, "workloads": {}}))
     build_report(reports, tmp_path / "site" / "index.html", package_summary=packaged)
     merged = json.loads(packaged.read_text())
     assert set(merged["machines"]) == {"a100-80gb", CPU, GPU, GPU_ONLY_BENCH}
@@ -144,6 +144,6 @@ def test_the_report_command(tmp_path, reports, capsys):
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command"))
     out = tmp_path / "page.html"
-    args = parser.parse_args(["report", "--reports-dir", str(reports), "--out", str(out), "--no-package-summary"])
+    args = parser.parse_args(["report", "--reports-dir", str(reports), "--out", str(out)])
     assert args.run(args) == 0
     assert out.is_file() and f"wrote {out}" in capsys.readouterr().out

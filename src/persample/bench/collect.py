@@ -5,6 +5,11 @@ Of several observations of a row the latest run wins (asv over pytest-benchmark 
 baseline is not a row of its own: its time and memory fill `baseline_s` and
 `baseline_memory_bytes` of every method of the same machine, workload, batch and dtype. The floor
 is computed from the workload's model here and the machine's stored calibration.
+
+The table merges, it never overwrites: every row of the existing table is kept unless this
+collection has a row of the same key at least as recent. Only asv's results are committed (the
+quick benchmark's JSON stays on the machine that ran it), so a row of another machine may exist
+nowhere but in the committed table. Delete the table to rebuild it from the raw results alone.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from pathlib import Path
 from .asv_results import read_asv_results
 from .calibration import Calibration, load_latest
 from .floor import floor_for
-from .observations import Observation
+from .observations import KEY_COLUMNS, Observation
 from .pytest_results import read_pytest_benchmark
 
 COLUMNS = [
@@ -70,6 +75,29 @@ def rows(observations: Iterable[Observation], calibrations: dict[str, Calibratio
     return table
 
 
+def row_key(entry: dict) -> tuple[str, ...]:
+    """The key of a table row, as text (so a row read back from the CSV has the same key)."""
+    return tuple(str(entry[column]) for column in KEY_COLUMNS)
+
+
+def read_table(path: Path) -> list[dict]:
+    """The rows of an existing table as the CSV holds them (text, "" for none); [] without one."""
+    if not Path(path).is_file():
+        return []
+    with Path(path).open(newline="") as handle:
+        return [entry for entry in csv.DictReader(handle) if all(column in entry for column in KEY_COLUMNS)]
+
+
+def merge(kept: list[dict], fresh: list[dict]) -> list[dict]:
+    """`fresh` rows over `kept` ones: per key the latest `date` wins, a fresh row on a tie."""
+    merged = {row_key(entry): entry for entry in kept}
+    for entry in fresh:
+        key = row_key(entry)
+        if key not in merged or str(entry.get("date") or "") >= str(merged[key].get("date") or ""):
+            merged[key] = entry
+    return [merged[key] for key in sorted(merged)]
+
+
 def write_csv(table: list[dict], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as handle:
@@ -80,7 +108,8 @@ def write_csv(table: list[dict], out: Path) -> None:
 
 
 def collect(asv_results: Path, pytest_jsons: Iterable[Path], out: Path) -> list[dict]:
-    """Read everything, write `out` (CSV), return its rows."""
+    """Read everything, merge it into the table at `out` (CSV) and write it; returns its rows (a row
+    kept from the existing table holds the CSV's text)."""
     observations = read_asv_results(asv_results) if Path(asv_results).is_dir() else []
     calibrations = {}
     for path in pytest_jsons:
@@ -90,6 +119,6 @@ def collect(asv_results: Path, pytest_jsons: Iterable[Path], out: Path) -> list[
             calibrations[stored.machine] = stored
     for name in {o.machine.name for o in observations}:
         calibrations[name] = load_latest(asv_results, name) or calibrations.get(name)
-    table = rows(observations, calibrations)
+    table = merge(read_table(Path(out)), rows(observations, calibrations))
     write_csv(table, Path(out))
     return table

@@ -12,7 +12,8 @@ DEFAULT_PYTEST_JSON = "reports/pytest-benchmark/*.json"
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .runner import BenchOptions, publish, repo_root, run_bench
+    from .asv_publish import publish
+    from .runner import BenchOptions, repo_root, run_bench
 
     if args.publish_only:
         return publish(repo_root(), args.config)

@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -67,6 +71,21 @@ class JaxDeviceProbe:
         return max(self._stats().get("peak_bytes_in_use", 0) - self.base, 0)
 
 
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block: the profiler's C++ side prints a
+    "USDT ... profiler_start/stop" line at each start and stop, which buries progress output."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class TorchCpuProbe:
     def __init__(self) -> None:
         self.profile: torch.profiler.profile | None = None
@@ -74,10 +93,12 @@ class TorchCpuProbe:
     def start(self) -> None:
         gc.collect()
         self.profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
-        self.profile.__enter__()
+        with _quiet_stderr():
+            self.profile.__enter__()
 
     def stop(self) -> int:
-        self.profile.__exit__(None, None, None)
+        with _quiet_stderr():
+            self.profile.__exit__(None, None, None)
         events = [
             e for e in self.profile.profiler.kineto_results.events()
             if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU

@@ -22,7 +22,8 @@ from .calibration import ensure_calibrated
 from .collect import collect
 from .commands import DEFAULT_PYTEST_JSON
 from .outcomes import COMMIT_ENV, FILENAME as OUTCOMES, OUTCOMES_ENV
-from .runner import asv, asv_config, head_commit, publish, repo_root
+from .asv_publish import publish
+from .runner import asv, asv_config, head_commit, repo_root
 from .timing import threading_env
 
 NIGHTLY_CONFIG = "asv.nightly.conf.json"

@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 from .grid import Case
 
 STATUSES = ("ok", "skipped", "failed")
+# The columns of the table's key, in the order of `Observation.key`.
+KEY_COLUMNS = ("machine", "gpu", "workload", "size", "batch_size", "dtype", "method", "variant")
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class Observation:
 
     @property
     def key(self) -> tuple:
-        """One row of the table per (machine, gpu, workload, size, batch, dtype, method, variant)."""
+        """One row of the table per key: the values of `KEY_COLUMNS`."""
         c = self.case
         return (self.machine.name, self.machine.gpu, c.workload, c.size, c.batch_size, c.mode, c.method, c.variant)
 

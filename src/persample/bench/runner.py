@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..machine import default_device, machine_info
 from .asv_machine import write_machine_entry
+from .asv_publish import publish
 from .calibration import ensure_calibrated
 from .grid import GRID_ENV, Case, default_grid_name, get_grid
 from .outcomes import COMMIT_ENV, FILENAME as OUTCOMES, OUTCOMES_ENV, append, entry
@@ -72,14 +73,6 @@ def selection_regex(cases: list[Case]) -> str:
 def asv(repo: Path, arguments: list[str], env: dict[str, str] | None = None) -> int:
     command = [sys.executable, "-m", "asv", *arguments]
     return subprocess.run(command, cwd=repo, env={**os.environ, **(env or {})}).returncode
-
-
-def publish(repo: Path, config: str = DEFAULT_CONFIG) -> int:
-    """asv publish, after rediscovering the benchmarks with the union of every machine's grid:
-    asv projects all results onto the last discovered parameters, so those must cover them all."""
-    discovered = asv(repo, ["run", "--config", config, "--python=same", "--bench", "just-discover"],
-                     env={GRID_ENV: "all"})
-    return discovered or asv(repo, ["publish", "--config", config])
 
 
 def run_bench(repo: Path, options: BenchOptions = BenchOptions()) -> int:

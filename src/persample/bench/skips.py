@@ -76,10 +76,8 @@ def capabilities(context: Context) -> str | None:
 
 
 def interpreted_kernels(context: Context) -> str | None:
-    requires = {module for module, _ in provider_for(context.case).capabilities.requires}
-    if "triton" in requires and context.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        return "TRITON_INTERPRET=1 runs the Triton kernels in Python: a benchmark would time the interpreter"
-    return None
+    """A method whose time here would mislead (`Method.untimed_reason`: Triton's interpreter)."""
+    return provider_for(context.case).untimed_reason()
 
 
 def loop_cap(context: Context) -> str | None:

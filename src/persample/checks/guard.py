@@ -59,7 +59,7 @@ class BatchResidual:
         if ratios.max().item() > 1:
             worst = int(ratios.argmax())
             raise StaleStep(
-                f"on this batch parameter {names[worst]} gets a gradient that its layer's calls do not account for "
+                f"on this batch parameter {names[worst]} gets a gradient that its per-sample gradients do not account for "
                 f"({(left_[worst] / scale_[worst]).item():.3g} of it): {FIX}", method=method,
                 assumption=MATCHES_DEFINITION.id)
 
@@ -81,3 +81,23 @@ def check_no_gradient_outside(grads: dict[str, torch.Tensor | None], method: str
         if grad is not None and grad.abs().max().item() > 0:
             raise StaleStep(f"on this batch parameter {name} receives gradient outside its layer's calls: {FIX}",
                             method=method, assumption=MATCHES_DEFINITION.id)
+
+
+def check_sum_against_autograd(model: torch.nn.Module, loss_fn, call, targets: torch.Tensor,
+                               grads: dict[str, torch.Tensor], method: str) -> None:
+    """The guard of a method that does not check itself (a peer, a plugin) when `auto` runs it:
+    Σᵢ gᵢ against autograd's gradient of the summed loss on this very batch (one more forward and
+    backward), within `TOLERANCE` of the parameter's norm (the vanishing floor as in `BatchResidual`).
+    Raises `StaleStep` so that `auto` chooses again on this batch, where its checks see the fault."""
+    from ..contract import trainable_parameters
+    from ..gradients import gradients
+    from ..state import preserved
+
+    params = {name: p for name, p in trainable_parameters(model).items() if name in grads}
+    with preserved(model), torch.enable_grad():
+        loss = loss_fn(call.call(model), targets).sum()
+        batch = gradients(loss, list(params.values()))
+    residual = BatchResidual(params, {name: g for name, g in zip(params, batch)})
+    for name, param in params.items():
+        residual.account(param, grads[name].sum(0))
+    residual.check(method)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+from ..state import HOOK_DICTS, same_values
 
 
 @dataclass
@@ -19,6 +19,7 @@ class ModelSnapshot:
     hooks: dict[str, int]
     module_attributes: dict[str, frozenset[str]]
     parameter_attributes: dict[str, frozenset[str]]
+    requires_grad: dict[str, bool]
 
     @classmethod
     def of(cls, model: nn.Module) -> "ModelSnapshot":
@@ -29,9 +30,10 @@ class ModelSnapshot:
             grad_ids={k: None if p.grad is None else id(p.grad) for k, p in params.items()},
             parameter_ids={k: id(p) for k, p in params.items()},
             modes={k: m.training for k, m in model.named_modules()},
-            hooks={k: sum(len(getattr(m, d)) for d in HOOK_DICTS) for k, m in model.named_modules()},
+            hooks={k: sum(len(getattr(m, d, ())) for d in HOOK_DICTS) for k, m in model.named_modules()},
             module_attributes={k: frozenset(vars(m)) for k, m in model.named_modules()},
             parameter_attributes={k: frozenset(vars(p)) for k, p in params.items()},
+            requires_grad={k: p.requires_grad for k, p in model.named_parameters(remove_duplicate=False)},
         )
 
     def differences(self, model: nn.Module) -> list[str]:
@@ -39,14 +41,14 @@ class ModelSnapshot:
         after = ModelSnapshot.of(model)
         found = []
         for name, value in self.values.items():
-            if name not in after.values or not torch.equal(after.values[name], value):
+            if name not in after.values or not same_values(after.values[name], value):
                 found.append(f"{name} changed value")
         for name, grad in self.grads.items():
             now = after.grads.get(name)
-            same = (grad is None and now is None) or (grad is not None and now is not None and torch.equal(grad, now))
+            same = (grad is None and now is None) or (grad is not None and now is not None and same_values(grad, now))
             if not same or after.grad_ids.get(name) != self.grad_ids[name]:
                 found.append(f"{name}.grad was replaced or accumulated into")
-        for field in ("parameter_ids", "modes", "hooks", "module_attributes", "parameter_attributes"):
+        for field in ("parameter_ids", "requires_grad", "modes", "hooks", "module_attributes", "parameter_attributes"):
             before, now = getattr(self, field), getattr(after, field)
             for key in before.keys() | now.keys():
                 if before.get(key) != now.get(key):

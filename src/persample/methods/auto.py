@@ -1,9 +1,11 @@
 """`auto`: the fastest method that is right for this model, chosen when preparing.
 
-Tries the candidates of `persample.selection` in order (measured ranking, then the documented
-rule, `loop` last), passing over those whose declared refusals or known deviations apply to the
-model and those whose preparation refuses on the example batch; the first that prepares is
-returned, its step carrying the choice (`step.choice.describe()`).
+Tries the candidates of `persample.selection` in order (our methods by measured ranking, then the
+documented rule, then the peers, `loop` last), passing over those whose declared refusals or known
+deviations apply to the model and those whose preparation refuses on the example batch; the first
+that prepares is returned, its step carrying the choice (`step.choice.describe()`). A peer or plugin,
+which does not guard itself, is guarded on every call: Σᵢ gᵢ against autograd's batch gradient
+(one more forward and backward); a mismatch chooses again on that batch.
 
     >>> import torch, persample
     >>> from persample.methods import get
@@ -18,7 +20,8 @@ from torch import nn
 from ..batch import CallArgs
 from ..contract import Batch, LossFn
 from ..errors import StaleStep
-from .base import CompiledStep, Method, PreparedStep, arguments, compiled_inner
+from ..checks.guard import check_sum_against_autograd
+from .base import CompiledStep, Method, PreparedStep, arguments, compiled_inner, data_of
 from .registry import Capabilities, register
 
 
@@ -32,12 +35,18 @@ class AutoStep(PreparedStep):
 
     def _adopt_choice(self, choice) -> None:
         self.inner, self.choice = choice.step, choice
+        # a method without its own per-call guard (a peer, a plugin) is guarded here
+        self.guarded = not choice.method.capabilities.checks_itself
         self.method, self.checks, self.placement = choice.step.method, choice.step.checks, choice.step.placement
         self.prepare_seconds = choice.step.prepare_seconds
 
     def __call__(self, inputs, targets):
         try:
-            return self.inner(inputs, targets)
+            grads = self.inner(inputs, targets)
+            if self.guarded and CallArgs.of(inputs).batch_size:
+                check_sum_against_autograd(self.model, self.loss_fn, data_of(CallArgs.of(inputs)), targets, grads,
+                                           self.method)
+            return grads
         except StaleStep:
             from ..selection import explain_choice
 

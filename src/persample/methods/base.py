@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Mapping
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -70,7 +71,11 @@ class PreparedStep:
             self._adopt(self._method.prepare(self.model, self.loss_fn, (call, targets)))
         with preserved(self.model, self.saved_buffers), torch.enable_grad():
             grads = self.raw(call if self._method.takes_call_args else call.to_user(), targets)
-        return {name: g if g.dtype == self.params[name].dtype else g.to(self.params[name].dtype) for name, g in grads.items()}
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"method {self.method!r} returned a {type(grads).__name__}; a step returns a dict "
+                            "{parameter name: (B, *param.shape)}")
+        return {name: g.to(self.params[name].dtype) if name in self.params and isinstance(g, torch.Tensor) else g
+                for name, g in grads.items()}
 
     def _adopt(self, other: PreparedStep) -> None:
         self.raw, self.saved_buffers, self.checks = other.raw, other.saved_buffers, other.checks
@@ -115,6 +120,11 @@ class Method(ABC):
                 return f"needs the package {package!r}: pip install {package}"
         return None
 
+    def untimed_reason(self) -> str | None:
+        """Why this method's time here would mislead (it runs emulated), or None: then it is
+        checked for correctness only, never timed."""
+        return None
+
     def problem(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> Unsupported | None:
         """Why this method cannot run `model` on `device` in `dtype` (not raised), or None.
 
@@ -157,13 +167,18 @@ class Method(ABC):
         """Check the model, the loss and the method's assumptions once, then build the step.
 
         Raises `Unsupported` (naming the layer, the reason and the methods that can), or
-        `LossNotPerSample` (a `ValueError`) for a loss that is not one loss per sample.
+        `LossNotPerSample` (a `ValueError`) for a loss that is not one loss per sample. Runs with
+        gradients enabled whatever the caller's `torch.no_grad()` (inference mode is refused).
         """
+        check_grad_mode()
+        with torch.enable_grad():
+            return self._prepare_checked(model, loss_fn, example_batch)
+
+    def _prepare_checked(self, model: nn.Module, loss_fn: LossFn | None, example_batch: Batch) -> PreparedStep:
         wrapped = compiled_inner(model)
         if wrapped is not None:
             return CompiledStep(self.prepare(wrapped, loss_fn, example_batch))
         loss_fn, call, targets, param = arguments(model, loss_fn, example_batch)
-        check_grad_mode()
         self.check(model, param.device, param.dtype)
         check_inputs_match(model, call)
         check_targets(targets, call.batch_size)

@@ -69,6 +69,11 @@ class KernelMethod(HooksLikeMethod):
             return f"no CUDA device; {CPU_HINT}"
         return reason
 
+    def untimed_reason(self) -> str | None:
+        if interpreting():
+            return "runs under Triton's CPU interpreter (TRITON_INTERPRET=1): correct, but its time says nothing of the compiled kernel"
+        return None
+
     def rule_lookup(self) -> RuleLookup:
         from ..kernels import kernel_rule_for
 

@@ -4,16 +4,13 @@ The Method protocol lives in `persample.methods.base`, capabilities in `persampl
 """
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
-import importlib.util
-import os
-import sys
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from ..specs import load_spec
 from ..capabilities import FLOATING, Capabilities, Finding, Refusal
 from .base import Method, PreparedStep, _can_run
 
@@ -30,6 +27,10 @@ def register(method: Method | type[Method]) -> Method | type[Method]:
     instance = method() if isinstance(method, type) else method
     if not isinstance(instance, Method):
         raise TypeError(f"{method!r} is not a persample Method (subclass persample.Method)")
+    known = _REGISTRY.get(instance.name)
+    if known is not None and type(known).__qualname__ != type(instance).__qualname__:
+        raise ValueError(f"a method named {instance.name!r} is already registered ({type(known).__module__}."
+                         f"{type(known).__qualname__}); give {type(instance).__qualname__} another capabilities.name")
     _REGISTRY[instance.name] = instance
     return method
 
@@ -37,29 +38,11 @@ def register(method: Method | type[Method]) -> Method | type[Method]:
 def load_object(spec: str) -> Method:
     """Load and register a method given as 'module:object' or 'path/to/file.py:object' (a Method
     instance, class or factory)."""
-    module_name, _, attr = spec.rpartition(":")
-    if not module_name or not attr:
-        raise ValueError(f"method spec {spec!r} must look like 'package.module:object' or 'path/to/file.py:object'")
-    obj = _import_file(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
+    obj = load_spec(spec, "method")
     if isinstance(obj, type) or (callable(obj) and not isinstance(obj, Method)):
         obj = obj()
     register(obj)
     return obj
-
-
-def _import_file(path: str) -> object:
-    """Import a method's module from a file (no package needed, nothing added to sys.path)."""
-    file = os.path.abspath(path)
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"method file {path!r} not found (relative paths start at {os.getcwd()})")
-    name = "persample_plugin_" + os.path.splitext(os.path.basename(file))[0]
-    spec = importlib.util.spec_from_file_location(name, file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def load_plugins() -> None:

@@ -58,8 +58,9 @@ def _missing_rule(model: nn.Module, device: torch.device, dtype: torch.dtype) ->
     names = ", ".join(sorted(t.__name__ for t in rule_types()))
     for qualname, module in trainable_owners(model):
         if rule_for(module) is None:
+            owned = ", ".join(repr(n) for n, p in module.named_parameters(recurse=False) if p.requires_grad)
             why = ("overrides forward() of a layer with a rule, so the rule's formula may not apply"
-                   if isinstance(module, rule_types()) else "has no per-layer rule")
+                   if isinstance(module, rule_types()) else f"has no per-layer rule for the parameters it owns itself ({owned})")
             return Finding(f"{why}; rules exist for {names}", qualname, module)
     return None
 

@@ -9,6 +9,9 @@ from pathlib import Path
 import jinja2
 import plotly.offline
 
+from .. import recommendations as store
+from ..bench.asv_publish import how_to_open
+from ..machine import machine_info
 from . import summary
 from .capabilities import capability_rows
 from .data import ReportData, load
@@ -23,30 +26,36 @@ PLOTLY_ASSET = "plotly.min.js"
 SUMMARY_NAME = "recommendations.json"
 
 
-def build_report(reports_dir: Path, out: Path, package_summary: Path | None = None) -> Path:
+def build_report(reports_dir: Path, out: Path, package_summary: Path | None = None,
+                 this_machine: str | None = None) -> Path:
     """Write `out` (+ `assets/` and `recommendations.json` beside it) from whatever data exists in
-    `reports_dir`; missing inputs are named on the page. Also merge the summary into
-    `package_summary` when given. Returns `out`."""
+    `reports_dir`; missing inputs are named on the page. The summary is also merged into this
+    machine's local cache (`persample.recommendations.local_cache`, what `auto` reads before the
+    packaged file) and, when given, into `package_summary`. `this_machine`: the reader's machine,
+    shown first and marked (default: the machine building the page). Returns `out`."""
     reports_dir, out = Path(reports_dir), Path(out)
+    this_machine = this_machine or machine_info()["name"]
     data = load(reports_dir)
     index = ConformanceIndex(data.conformance)
     recommendations = recommend(data.rows, index, peer_test(index))
     figures = Figures()
-    machines = machine_views(data, index, recommendations, figures)
+    machines = machine_views(data, index, recommendations, figures, this_machine)
     out.parent.mkdir(parents=True, exist_ok=True)
     digest = summary.summarize(recommendations, summary.machines_of(data))
-    summary.write(digest, out.parent / SUMMARY_NAME)
+    store.write(digest, out.parent / SUMMARY_NAME)
+    store.write(digest, store.local_cache() / store.FILE_NAME, merge_existing=True)  # a local measurement wins
     if package_summary is not None:
-        summary.write(digest, package_summary, merge_existing=True)
+        store.write(digest, package_summary, merge_existing=True)
     write_assets(out.parent / "assets")
     page = render(
         machines=machines,
         figures=figures.specs,
-        missing=data.missing + _missing_per_machine(machines),
+        missing=_missing_overall(machines, this_machine) + data.missing + _missing_per_machine(machines),
         sources=_sources(data, out.parent),
         capabilities=capability_rows(),
         asv_href=_relative(data.asv_index, out.parent) if data.asv_index else None,
         asv_expected=_relative(reports_dir / "asv" / "html" / "index.html", out.parent),
+        asv_advice=how_to_open(data.asv_index.parent) if data.asv_index else None,
         summary_href=SUMMARY_NAME,
         created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
@@ -89,6 +98,18 @@ def _sources(data: ReportData, page_dir: Path) -> list[tuple[str, str]]:
     for name, run in sorted(data.conformance.items()):
         sources.append((_relative(run.path, page_dir), f"conformance of {name}: {len(run.records)} cells, created {run.created}"))
     return sources
+
+
+def _missing_overall(machines, this_machine: str) -> list[str]:
+    """What a reader misses first: results of their own machine, and any GPU results at all."""
+    notes = []
+    if not any(machine.own and machine.dtypes for machine in machines):
+        notes.append(f"This machine ({this_machine}) has no benchmark results here yet: `tox -e main` (or "
+                     "`persample run`) measures it and puts it first on this page.")
+    if not any(machine.device == "cuda" for machine in machines):
+        notes.append("No GPU results: every machine here is a CPU, so nothing on this page says which method "
+                     "is fastest on a GPU. README, \"Running on a GPU\", says how to add one.")
+    return notes
 
 
 def _missing_per_machine(machines) -> list[str]:

@@ -1,11 +1,12 @@
-"""`persample report`: build the method-selection page (and refresh auto's packaged summary)."""
+"""`persample report`: build the method-selection page (and, when asked, refresh the summary
+shipped in the package for `auto`)."""
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
 
-from .summary import PACKAGED
+from ..recommendations import PACKAGED
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -18,9 +19,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"), help="where the results are (default: reports)")
     parser.add_argument("--out", type=Path, default=None, help="the page to write (default: <reports-dir>/index.html)")
     parser.add_argument(
-        "--no-package-summary", action="store_true",
-        help=f"do not merge the recommendations into {PACKAGED.name} shipped with the package "
-        "(the data method='auto' uses when no results are at hand)",
+        "--package-summary", action="store_true",
+        help=f"also merge the recommendations into {PACKAGED} (the data the package ships for method='auto'; "
+        "a maintainer's step before a release). By default they go to reports-dir and this machine's local cache",
     )
     parser.set_defaults(run=run_report)
 
@@ -29,7 +30,9 @@ def run_report(args: argparse.Namespace) -> int:
     from .build import build_report
 
     out = args.out or args.reports_dir / "index.html"
-    package_summary = None if args.no_package_summary or not os.access(PACKAGED.parent, os.W_OK) else PACKAGED
+    package_summary = PACKAGED if args.package_summary else None
+    if package_summary is not None and not os.access(PACKAGED.parent, os.W_OK):
+        raise SystemExit(f"cannot write {PACKAGED}: the package is not writable here (install it editable)")
     page = build_report(args.reports_dir, out, package_summary=package_summary)
     print(f"wrote {page}" + (f"; updated {package_summary}" if package_summary else ""))
     return 0

@@ -1,5 +1,7 @@
 """Plotly figures of the benchmarks: time and peak memory against batch size, one panel per
-workload, one line per method (log axes; hover gives the exact numbers and the conformance verdict).
+workload, one line per method (log axes; hover gives the exact numbers and the conformance verdict),
+the non-private backward and the roofline floor beside them. Each method keeps its colour and
+marker (`styles`) in every figure; the legend is given the height it needs, so it never scrolls.
 """
 from __future__ import annotations
 
@@ -11,15 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .data import BenchRow
 from .format import bytes_text, seconds_text
+from .styles import BASELINE, FAILED_COLOR, FLOOR, Reference, Style, line_dash, marker_symbol
 from .verdicts import Verdict
 
 COLUMNS = 3
-FAILED_COLOR = "#d62728"
+PANEL_HEIGHT = 300
+LEGEND_ENTRY_HEIGHT = 24  # pixels per legend line, with the small gap between groups set below
+LEGEND_GROUP_GAP = 3
 
 
 @dataclass(frozen=True)
@@ -47,22 +51,17 @@ MEMORY = Metric(
 )
 
 
-def method_colors(methods: list[str]) -> dict[str, str]:
-    """One stable colour per method, shared by every figure."""
-    palette = [color for color in qualitative.Dark24 if color != "#222A2A"]  # black is for the baseline
-    return {name: palette[i % len(palette)] for i, name in enumerate(methods)}
-
-
 def facet_label(row: BenchRow) -> str:
     return f"{row.workload} · {row.size}" if row.size else row.workload
 
 
 def batch_figure(
-    rows: list[BenchRow], metric: Metric, verdict: Callable[[BenchRow], Verdict], colors: dict[str, str]
+    rows: list[BenchRow], metric: Metric, verdict: Callable[[BenchRow], Verdict], styles: dict[str, Style]
 ) -> dict:
     """One panel per workload of `rows` (one machine, one dtype): `metric` against batch size.
 
-    A plotly figure as a dict: thousands of traces make graph objects (validated one by one) slow.
+    Returns a plotly figure as a dict (thousands of traces make graph objects, validated one by one,
+    slow), as tall as its legend needs.
     """
     facets: dict[str, list[BenchRow]] = defaultdict(list)
     for row in rows:
@@ -73,12 +72,21 @@ def batch_figure(
         annotation["text"] = html.escape(name)
     data, shown = [], set()
     for i, name in enumerate(names):
-        axes = {"xaxis": f"x{i + 1 if i else ''}", "yaxis": f"y{i + 1 if i else ''}"}
-        for trace in _facet_traces(facets[name], metric, verdict, colors):
+        suffix = i + 1 if i else ""
+        axes = {"xaxis": f"x{suffix}", "yaxis": f"y{suffix}"}
+        batches = sorted({row.batch_size for row in facets[name]})  # ticks at the measured batch sizes
+        layout[f"xaxis{suffix}"].update(tickvals=batches, ticktext=[str(b) for b in batches])
+        for trace in _facet_traces(facets[name], metric, verdict, styles):
             trace.update(axes, showlegend=trace["legendgroup"] not in shown)
             shown.add(trace["legendgroup"])
             data.append(trace)
+    layout["height"] = max(layout["height"], legend_height(len(shown)))
     return {"data": data, "layout": layout}
+
+
+def legend_height(entries: int) -> int:
+    """The figure height (pixels) at which a legend of `entries` lines fits without scrolling."""
+    return LEGEND_ENTRY_HEIGHT * entries + 100
 
 
 @lru_cache(maxsize=None)
@@ -92,8 +100,9 @@ def _grid(panels: int, title: str) -> dict:
     figure.update_xaxes(type="log", title_text="batch size", title_standoff=2)
     figure.update_yaxes(type="log", title_text=title, title_standoff=2)
     figure.update_layout(
-        height=300 * grid_rows + 60, margin={"l": 60, "r": 20, "t": 40, "b": 40},
-        hoverlabel={"align": "left"}, legend={"groupclick": "togglegroup"}, template="plotly_white",
+        height=PANEL_HEIGHT * grid_rows + 60, margin={"l": 60, "r": 20, "t": 40, "b": 40},
+        hoverlabel={"align": "left"}, legend={"groupclick": "togglegroup", "tracegroupgap": LEGEND_GROUP_GAP},
+        template="plotly_white",
     )
     layout = figure.layout.to_plotly_json()
     for empty in range(panels + 1, grid_rows * columns + 1):
@@ -102,7 +111,7 @@ def _grid(panels: int, title: str) -> dict:
     return layout
 
 
-def _facet_traces(rows, metric: Metric, verdict, colors) -> list[dict]:
+def _facet_traces(rows, metric: Metric, verdict, styles: dict[str, Style]) -> list[dict]:
     by_label: dict[str, list[BenchRow]] = defaultdict(list)
     for row in sorted(rows, key=lambda r: r.batch_size):
         by_label[row.label].append(row)
@@ -110,13 +119,16 @@ def _facet_traces(rows, metric: Metric, verdict, colors) -> list[dict]:
     for label, series in by_label.items():
         points = [r for r in series if r.timed and metric.value(r)]
         if points:
-            traces.append(_method_trace(label, points, metric, verdict, colors.get(series[0].method, "#444")))
+            traces.append(_method_trace(label, points, metric, verdict, styles.get(series[0].method, UNKNOWN)))
     traces += _reference_traces(rows, metric)
     failures = _failure_trace(rows, traces)
     return traces + ([failures] if failures else [])
 
 
-def _method_trace(label: str, points: list[BenchRow], metric: Metric, verdict, color: str) -> dict:
+UNKNOWN = Style("#444444", "circle")
+
+
+def _method_trace(label: str, points: list[BenchRow], metric: Metric, verdict, style: Style) -> dict:
     verdicts = [verdict(r) for r in points]
     conformant = all(v.passed for v in verdicts)
     details = [
@@ -126,25 +138,34 @@ def _method_trace(label: str, points: list[BenchRow], metric: Metric, verdict, c
     return {
         "type": "scatter", "x": [r.batch_size for r in points], "y": [metric.value(r) for r in points],
         "name": label, "legendgroup": label, "mode": "lines+markers", "text": details,
-        "line": {"color": color, "dash": "solid" if conformant else "dash"},
-        "marker": {"symbol": ("diamond" if points[0].captured else "circle") if conformant else "x", "size": 7},
+        "line": {"color": style.color, "dash": line_dash(conformant, points[0].captured), "width": 1.5},
+        "marker": {"symbol": marker_symbol(style, conformant), "color": style.color, "size": 8,
+                   "line": {"width": 1.5, "color": style.color}},
         "hovertemplate": f"<b>{html.escape(label)}</b><br>batch %{{x}}: %{{text}}<extra></extra>",
     }
 
 
 def _reference_traces(rows: list[BenchRow], metric: Metric) -> list[dict]:
+    """The non-private backward and the floor, one point per batch size: lines with markers, so a
+    workload measured at one batch size still shows them."""
     traces = []
-    for name, pick, dash in (("non-private backward", metric.baseline, "dash"), ("roofline floor", metric.floor, "dot")):
+    for reference, pick in ((BASELINE, metric.baseline), (FLOOR, metric.floor)):
         by_batch = {r.batch_size: pick(r) for r in rows if pick(r)}
         if by_batch:
             batches = sorted(by_batch)
-            traces.append({
-                "type": "scatter", "x": batches, "y": [by_batch[b] for b in batches], "name": name,
-                "legendgroup": name, "mode": "lines", "text": [metric.text(by_batch[b]) for b in batches],
-                "line": {"color": "#000" if dash == "dash" else "#999", "dash": dash},
-                "hovertemplate": f"{name}<br>batch %{{x}}: %{{text}}<extra></extra>",
-            })
+            traces.append(_reference_trace(reference, batches, [by_batch[b] for b in batches], metric))
     return traces
+
+
+def _reference_trace(reference: Reference, batches: list[int], values: list[float], metric: Metric) -> dict:
+    return {
+        "type": "scatter", "x": batches, "y": values, "name": reference.name, "legendgroup": reference.name,
+        "mode": "lines+markers", "text": [metric.text(value) for value in values],
+        "line": {"color": reference.color, "dash": reference.dash, "width": 1.5},
+        "marker": {"symbol": reference.marker, "color": reference.color, "size": 11,
+                   "line": {"width": 2, "color": reference.color}},
+        "hovertemplate": f"{reference.name}<br>batch %{{x}}: %{{text}}<extra></extra>",
+    }
 
 
 def _failure_trace(rows: list[BenchRow], traces: list[dict]) -> dict | None:

@@ -117,6 +117,23 @@ class Recommendation:
         return _ratio(self.best.row.median_s, self.best.row.baseline_s) if self.best else None
 
     @property
+    def overhead_spread(self) -> float | None:
+        """The overhead's spread: the recommended run's interquartile range ÷ the baseline time."""
+        return _ratio(self.best.row.spread_s, self.best.row.baseline_s) if self.best else None
+
+    @property
+    def overhead_below_one(self) -> str | None:
+        """How to read an overhead below 1×: "noise" when 1× lies within the overhead's spread,
+        "beyond spread" otherwise; None at 1× or above. Per-sample gradients do the plain
+        backward's work and more, but the baseline is one eager PyTorch step: a method compiled by
+        another framework (jax) can beat it at a small batch, or one of the two times, taken apart,
+        is off."""
+        overhead = self.overhead
+        if overhead is None or overhead >= 1:
+            return None
+        return "noise" if overhead + (self.overhead_spread or 0.0) >= 1 else "beyond spread"
+
+    @property
     def roofline_fraction(self) -> float | None:
         """Fraction of the roofline floor reached (`floor_s / median_s`)."""
         return _ratio(self.best.row.floor_s, self.best.row.median_s) if self.best else None

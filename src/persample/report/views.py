@@ -12,8 +12,9 @@ from ..workloads import all_workloads
 from .data import BenchRow, ReportData
 from .heatmap import conformance_heatmap
 from .matrix import Matrix, dtype_key, findings, matrices
-from .plots import MEMORY, TIME, batch_figure, method_colors
+from .plots import MEMORY, TIME, batch_figure
 from .recommend import Recommendation, by_machine_and_dtype
+from .styles import method_styles
 from .verdicts import ConformanceIndex
 
 
@@ -45,6 +46,7 @@ class MachineView:
     matrices: list[Matrix] = field(default_factory=list)
     heatmap: str | None = None
     findings: list = field(default_factory=list)
+    own: bool = False  # the machine that built the page: the reader's own, shown first
 
 
 class Figures:
@@ -87,10 +89,17 @@ def _zoo_position(workloads: list[str], workload: str) -> tuple[int, str]:
     return (workloads.index(workload) if workload in workloads else len(workloads), workload)
 
 
-def machine_views(data: ReportData, index: ConformanceIndex, recommendations: list[Recommendation], figures: Figures) -> list[MachineView]:
-    """One view per machine present in the benchmarks or the conformance results."""
+def machine_order(devices: dict[str, str], this_machine: str | None) -> list[str]:
+    """Machine names as the page shows them: this machine first, then GPUs, then CPUs, by name."""
+    return sorted(devices, key=lambda n: (n != this_machine, devices[n] != "cuda", n))
+
+
+def machine_views(data: ReportData, index: ConformanceIndex, recommendations: list[Recommendation], figures: Figures,
+                  this_machine: str | None = None) -> list[MachineView]:
+    """One view per machine present in the benchmarks or the conformance results, in
+    `machine_order`; the one named `this_machine` (the page's builder) is marked `own`."""
     methods = method_order(data)
-    colors = method_colors(methods)
+    styles = method_styles(methods)
     workloads = [w.name for w in all_workloads()]
     grouped = by_machine_and_dtype(recommendations)
     rows_of: dict[str, list[BenchRow]] = {}
@@ -99,17 +108,18 @@ def machine_views(data: ReportData, index: ConformanceIndex, recommendations: li
     devices = {name: run.device for name, run in data.conformance.items()}
     devices.update({row.machine: row.device or "cpu" for row in data.rows})
     views = []
-    for name in sorted(devices, key=lambda n: (devices[n] != "cuda", n)):
+    for name in machine_order(devices, this_machine):
         rows = rows_of.get(name, [])
-        view = MachineView(name, anchor("machine", name), devices[name], _facts(name, data, rows), index.source_for(name, devices[name]))
+        view = MachineView(name, anchor("machine", name), devices[name], _facts(name, data, rows),
+                           index.source_for(name, devices[name]), own=name == this_machine)
         for dtype in sorted(grouped.get(name, {}), key=dtype_key):
             case_rows = [r for r in rows if r.dtype == dtype]
             ordered = sorted(case_rows, key=lambda r: _zoo_position(workloads, r.workload))
             cases = sorted(grouped[name][dtype], key=lambda c: (_zoo_position(workloads, c.key.workload), c.key.size, c.key.batch_size))
             view.dtypes.append(DtypeView(
                 dtype, cases,
-                figures.add(anchor("time", name, dtype), batch_figure(ordered, TIME, index.verdict_for, colors)),
-                figures.add(anchor("memory", name, dtype), batch_figure(ordered, MEMORY, index.verdict_for, colors)),
+                figures.add(anchor("time", name, dtype), batch_figure(ordered, TIME, index.verdict_for, styles)),
+                figures.add(anchor("memory", name, dtype), batch_figure(ordered, MEMORY, index.verdict_for, styles)),
             ))
         run = data.conformance.get(name)
         if run is not None:

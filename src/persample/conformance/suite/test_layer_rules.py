@@ -1,0 +1,126 @@
+"""Each per-layer rule, driven by hypothesis over random shapes, equals the loop in float64.
+
+Shapes include batch size 1 and odd sizes, Linear on 2-4 dimensional inputs, convolutions with
+every kernel/stride/padding/dilation/groups/padding_mode combination that PyTorch accepts, and a
+layer called twice in one forward (contributions accumulate). `rule_method` is each selected method
+that computes with per-layer rules (`layer-rules`: hooks, expand and kernel when none is named).
+"""
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from persample.methods.base import Method
+from persample.methods.registry import get
+from persample.reference import Tolerance, compare, tolerance_for
+
+EXACT_TOLERANCE = Tolerance(relative=1e-10, per_sample=1e-10)
+batch_sizes = st.sampled_from([1, 2, 3, 5])
+examples = settings(max_examples=25, deadline=None, derandomize=True)
+
+
+class Probe(nn.Module):
+    """A layer followed by nothing: the loss reads its output with a per-sample readout."""
+
+    def __init__(self, layer: nn.Module, twice: bool = False) -> None:
+        super().__init__()
+        self.layer, self.twice = layer, twice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer(x)
+        return self.layer(torch.tanh(out)) if self.twice else out
+
+
+def readout_loss(outputs: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
+    """ℓᵢ = Σ (outᵢ ⊙ rᵢ + ½ outᵢ²): nonlinear, so each gᵢ depends on its own sample."""
+    return (outputs * readout + 0.5 * outputs**2).flatten(1).sum(1)
+
+
+def check_rule(method: Method, layer: nn.Module, inputs: torch.Tensor, twice: bool = False) -> None:
+    __tracebackhide__ = True
+    torch.manual_seed(0)
+    model = Probe(layer, twice).double()
+    inputs = inputs.double() if inputs.is_floating_point() else inputs
+    readout = torch.randn_like(model(inputs))
+    if torch.float64 not in method.capabilities.dtypes:
+        model, inputs, readout = model.float(), inputs.float() if inputs.is_floating_point() else inputs, readout.float()
+    got = method(model, inputs, readout, readout_loss)
+    want = get("loop")(model.double(), inputs.double() if inputs.is_floating_point() else inputs, readout.double(), readout_loss)
+    tolerance = EXACT_TOLERANCE if torch.float64 in method.capabilities.dtypes else tolerance_for(torch.float32)
+    comparison = compare(got, want)
+    assert comparison.within(tolerance), f"{method.name} on {layer}: {comparison.describe(tolerance)}"
+
+
+@examples
+@given(batch=batch_sizes, leading=st.lists(st.integers(1, 3), max_size=2), features=st.integers(1, 6),
+       out=st.integers(1, 6), bias=st.booleans(), twice=st.booleans())
+def test_linear_on_two_to_four_dimensional_inputs(rule_method, batch, leading, features, out, bias, twice):
+    out = features if twice else out
+    check_rule(rule_method, nn.Linear(features, out, bias=bias), torch.randn(batch, *leading, features), twice)
+
+
+@st.composite
+def convolutions(draw):
+    dims = draw(st.integers(1, 3))
+    groups = draw(st.integers(1, 2))
+    in_channels, out_channels = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(dims))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(dims))
+    padding = draw(st.sampled_from(["int", "same", "valid"]))
+    stride = 1 if padding == "same" else draw(st.integers(1, 3))
+    pad = draw(st.integers(0, 2)) if padding == "int" else padding
+    mode = draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"])) if padding != "valid" else "zeros"
+    span = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+    size = tuple(max(s, 3) + draw(st.integers(0, 2)) for s in span)
+    layer = getattr(nn, f"Conv{dims}d")(in_channels, out_channels, kernel, stride=stride, padding=pad,
+                                        dilation=dilation, groups=groups, bias=draw(st.booleans()), padding_mode=mode)
+    return layer, (in_channels, *size)
+
+
+@examples
+@given(batch=batch_sizes, conv=convolutions())
+def test_convolution_with_stride_padding_dilation_and_groups(rule_method, batch, conv):
+    layer, shape = conv
+    check_rule(rule_method, layer, torch.randn(batch, *shape))
+
+
+@examples
+@given(batch=batch_sizes, vocab=st.integers(2, 9), width=st.integers(1, 5), tokens=st.lists(st.integers(1, 4), min_size=1, max_size=2),
+       padding=st.booleans())
+def test_embedding_scatters_each_samples_tokens_into_its_own_rows(rule_method, batch, vocab, width, tokens, padding):
+    layer = nn.Embedding(vocab, width, padding_idx=0 if padding else None)
+    check_rule(rule_method, layer, torch.randint(vocab, (batch, *tokens)))
+
+
+@st.composite
+def normalisations(draw):
+    kind = draw(st.sampled_from(["layer", "rms", "group", "instance"]))
+    # LayerNorm over one element is degenerate (x̂ ≡ 0, every gradient is rounding noise).
+    channels = draw(st.integers(2 if kind == "layer" else 1, 4))
+    if kind in ("layer", "rms"):
+        shape = (draw(st.integers(1, 3)), channels)
+        normalized = shape[-draw(st.integers(1, 2)):]
+        if kind == "layer":
+            return nn.LayerNorm(normalized, bias=draw(st.booleans())), shape
+        return nn.RMSNorm(normalized, eps=draw(st.sampled_from([None, 1e-5]))), shape
+    spatial = tuple(draw(st.integers(2, 3)) for _ in range(draw(st.integers(1, 2))))
+    if kind == "group":
+        groups = draw(st.sampled_from([g for g in range(1, channels + 1) if channels % g == 0]))
+        return nn.GroupNorm(groups, channels), (channels, *spatial)
+    layer = getattr(nn, f"InstanceNorm{len(spatial)}d")(channels, affine=True, track_running_stats=draw(st.booleans()))
+    if layer.track_running_stats:  # use running statistics: eval mode with non-trivial values
+        layer.running_mean.uniform_(-1, 1)
+        layer.running_var.uniform_(0.5, 2)
+        layer.eval()
+    return layer, (channels, *spatial)
+
+
+@examples
+@given(batch=batch_sizes, norm=normalisations())
+def test_normalisation_affine_parameters(rule_method, batch, norm):
+    layer, shape = norm
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.uniform_(0.5, 1.5)
+    check_rule(rule_method, layer, torch.randn(batch, *shape))
