@@ -3,6 +3,7 @@ once, an optimizer's in-place update is seen, a change of structure, requires_gr
 missed."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -10,6 +11,7 @@ import persample
 from persample import cache
 from persample.methods.auto import AutoMethod
 from persample.methods.base import Method
+from persample.methods.registry import get
 
 
 def problem():
@@ -86,3 +88,36 @@ def test_steps_are_forgotten_with_their_model():
     assert model in cache._STEPS
     cache.clear(model)
     assert model not in cache._STEPS
+
+
+class Masked(nn.Module):
+    """A plain tensor attribute (neither parameter nor buffer) that the forward reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.mask = torch.ones(8)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)) * self.mask)
+
+
+@pytest.mark.parametrize("method", ["jax", "torch-ew", "opacus-ew"])
+@pytest.mark.parametrize("change", ["reassigned", "edited in place"])
+def test_a_plain_tensor_attribute_changed_between_calls_is_seen(method, change):
+    """A step that holds the tensor object it saw (a JAX trace, a peer's copy of the model) would
+    answer for the old mask: reassigning the attribute prepares again, an in-place edit is read."""
+    reason = get(method).unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    torch.manual_seed(0)
+    model, x, y = Masked(), torch.randn(5, 6), torch.randint(3, (5,))
+    persample.per_sample_grads(model, x, y, method=method)
+    if change == "reassigned":
+        model.mask = torch.full((8,), 2.0)
+    else:
+        model.mask.mul_(2.0)
+    grads = persample.per_sample_grads(model, x, y, method=method)
+    expected = persample.per_sample_grads(model, x, y, method="loop")
+    for name in expected:
+        torch.testing.assert_close(grads[name], expected[name], rtol=1e-4, atol=1e-6)

@@ -42,8 +42,8 @@ class SlightlyWrong(HooksMethod):
             if rule is None or not isinstance(module, self.layer):
                 return rule
 
-            def grad_sample(module, x, grad_out):
-                grads = rule.grad_sample(module, x, grad_out)
+            def grad_sample(module, inputs, grad_out, trainable):
+                grads = rule.grad_sample(module, inputs, grad_out, trainable)
                 grads["weight"][self.samples] *= 1 + self.error
                 return grads
 
@@ -106,7 +106,8 @@ def test_a_batch_of_one_cannot_reveal_batch_scaling_and_needs_not_to():
 def test_the_checks_report_what_they_ran_and_cost():
     x, y = batch()
     step = get("hooks").prepare(mlp(), None, (x, y))
-    assert {"loss per sample", "batch on dim 0", "sample independence", "weighted sum"} <= set(step.checks.ran)
+    assert {"loss per sample", "batch on dim 0", "sample independence", "weighted sum", "alone in the batch",
+            "whole-batch output gradients", "whole-batch weighted sum"} <= set(step.checks.ran)
     assert 0 < step.checks.seconds < 5
 
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from persample import runner
+from persample import main_job
 from persample.conformance import choices
 from persample.conformance.options import OPTIONS, given, long_spelling
 
@@ -65,12 +65,12 @@ def test_without_a_method_option_the_layer_rules_of_hooks_expand_and_kernel_are_
 def commands(monkeypatch) -> list[list[str]]:
     """The commands `run_conformance` runs (not run)."""
     ran: list[list[str]] = []
-    monkeypatch.setattr(runner.subprocess, "run", lambda command, **_: ran.append(command) or SimpleNamespace(returncode=0))
+    monkeypatch.setattr(main_job.subprocess, "run", lambda command, **_: ran.append(command) or SimpleNamespace(returncode=0))
     return ran
 
 
 def test_persample_conformance_outside_a_checkout_runs_the_installed_suite_through_the_plugin(commands):
-    runner.run_conformance(None, ["--method", "mylib.plugin:method", "--results", "out"], every_mode=True)
+    main_job.run_conformance(None, ["--method", "mylib.plugin:method", "--results", "out"], every_mode=True)
     (command,) = commands
     assert command[command.index("-p"):] == [
         "-p", "persample.conformance.plugin", "--pyargs", "persample.conformance.suite",
@@ -78,9 +78,9 @@ def test_persample_conformance_outside_a_checkout_runs_the_installed_suite_throu
 
 
 def test_persample_conformance_in_a_checkout_runs_its_conformance_directory_in_every_mode_unless_one_is_given(commands):
-    runner.run_conformance(ROOT, ["--method", "vmap"], every_mode=True)
-    runner.run_conformance(ROOT, ["--persample-mode", "float32"], every_mode=True)
-    runner.run_conformance(ROOT, [])  # the main job: the CI profile
+    main_job.run_conformance(ROOT, ["--method", "vmap"], every_mode=True)
+    main_job.run_conformance(ROOT, ["--persample-mode", "float32"], every_mode=True)
+    main_job.run_conformance(ROOT, [])  # the main job: the CI profile
     every, one, ci = (command[command.index(str(ROOT / "conformance")):] for command in commands)
     assert every == [str(ROOT / "conformance"), "--method", "vmap", "--mode", "all"]
     assert one == [str(ROOT / "conformance"), "--persample-mode", "float32"]
@@ -91,7 +91,7 @@ def test_a_directory_with_a_conformance_conftest_of_its_own_is_not_taken_for_a_p
     (tmp_path / "conformance").mkdir()
     (tmp_path / "conformance" / "conftest.py").write_text("")
     monkeypatch.chdir(tmp_path)
-    assert runner.checkout() != tmp_path
+    assert main_job.checkout() != tmp_path
 
 
 def test_this_repository_takes_both_spellings_of_an_option(tmp_path):

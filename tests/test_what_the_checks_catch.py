@@ -391,3 +391,99 @@ def test_jax_refuses_integers_that_would_not_survive_narrowing():
     step = get("jax").prepare(model, None, (x, y))
     with pytest.raises(ValueError, match="2\\*\\*31"):
         step(x + (1 << 33), y)
+
+
+class BatchSized(nn.Module):
+    """Scales by the batch size in forward: in a batch of B, row i is B× what sample i alone gives."""
+
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.a, self.head, self.drop = nn.Linear(6, 8), nn.Linear(8, 3), nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.head(self.drop(torch.tanh(self.a(x)) * x.shape[0]))
+
+
+class GradientOnlyCoupling(nn.Module):
+    """Rows 6 and 7 exchange gradient, the values unchanged (s - s.detach() is zero): past the first four
+    samples, and invisible to any comparison of forward values."""
+
+    def __init__(self, branch: bool = False, rows: tuple[int, int] = (6, 7)) -> None:
+        super().__init__()
+        self.a, self.head, self.branch, self.rows = nn.Linear(6, 8), nn.Linear(8, 3), branch, list(rows)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        if not self.branch or h.shape[0] >= 8:  # a branch on the batch size: torch.fx cannot trace it
+            rows = torch.tensor(self.rows)[torch.tensor(self.rows) < h.shape[0]]  # none for a sample alone
+            s = h[rows].sum(0, keepdim=True)
+            h = h.index_add(0, rows, (s - s.detach()).expand(len(rows), -1))
+        return self.head(h)
+
+
+class CentredInGradientOnly(nn.Module):
+    """Value-neutral centring over the batch: h - mean + mean.detach() has h's values, and every row's
+    gradient flows to every other row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        return self.head(h - h.mean(0) + h.mean(0).detach())
+
+
+@pytest.mark.parametrize("method", RULES)
+def test_a_forward_that_depends_on_the_batch_size_is_refused_by_the_rules(method):
+    torch.manual_seed(0)
+    model, (x, y) = BatchSized(), samples(5)
+    with pytest.raises(Unsupported, match="otherwise in a batch of 5 than alone") as refused:
+        persample.per_sample_grads(model, x, y, method=method)
+    assert refused.value.assumption == "batch-first-layers"
+    assert {"vmap", "jax", "loop"} <= set(refused.value.supported_by)
+
+
+@pytest.mark.parametrize("method", ["vmap", "auto"])
+def test_a_forward_that_depends_on_the_batch_size_gets_each_sample_alone(method):
+    torch.manual_seed(0)
+    model, (x, y) = BatchSized(), samples(5)
+    assert_right(persample.per_sample_grads(model, x, y, method=method), truth(model, x, y))
+
+
+def test_a_batch_size_dependence_is_seen_through_dropout_in_training_mode():
+    torch.manual_seed(0)
+    model, (x, y) = BatchSized(dropout=0.1).train(), samples(5)
+    with pytest.raises(Unsupported, match="otherwise in a batch of 5 than alone"):
+        persample.per_sample_grads(model, x, y, method="hooks")
+    assert model.training and model.drop.training  # the eval-mode comparison leaves the modes as found
+
+
+@pytest.mark.parametrize("make", [GradientOnlyCoupling, CentredInGradientOnly], ids=["rows-6-7", "centred"])
+@pytest.mark.parametrize("method", RULES)
+def test_a_coupling_only_the_gradient_shows_is_refused_naming_the_layer(make, method):
+    torch.manual_seed(0)
+    model, (x, y) = make(), samples(8)
+    with pytest.raises(Unsupported, match="gradient from other samples' losses") as refused:
+        persample.per_sample_grads(model, x, y, method=method)
+    assert refused.value.assumption == "batch-first-layers" and "layer a (Linear)" in str(refused.value)
+
+
+def test_auto_answers_a_gradient_only_coupling_that_jax_cannot_trace_right():
+    torch.manual_seed(0)
+    model, (x, y) = GradientOnlyCoupling(branch=True), samples(8)
+    assert_right(persample.per_sample_grads(model, x, y), truth(model, x, y))
+
+
+def test_a_peer_auto_would_run_is_held_to_the_weighted_sum_over_every_row():
+    from persample.batch import CallArgs
+    from persample.checks import CheckContext, verify_answer
+    from persample.checks.context import check_rows
+
+    x, y = samples(8)
+    others = [i for i in range(8) if i not in check_rows(CallArgs.of(x), 4)]
+    torch.manual_seed(0)
+    model = GradientOnlyCoupling(rows=(others[0], others[1]))  # rows the check rows do not include
+    loss = lambda o, t: F.cross_entropy(o, t, reduction="none")  # noqa: E731
+    with pytest.raises(Unsupported, match="Σᵢ wᵢ gᵢ"):
+        verify_answer(CheckContext("torch-ew", model, loss, CallArgs.of(x), y), get("torch-ew"))

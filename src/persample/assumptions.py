@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Assumption:
+    """One assumption a method's answer can rest on: its `id` (what refusals and `relies_on` name), the
+    `statement` that must hold, and the `fix` a refusal suggests when it does not.
+    """
+
     id: str
     statement: str
     fix: str
@@ -45,8 +49,10 @@ LAYER_RULES = _define(
 BATCH_FIRST = _define(
     "batch-first-layers",
     "each layer with a rule is called with its input and output carrying the batch on dim 0, row i "
-    "computed from sample i alone",
-    "call the layer batch first (e.g. batch_first=True, or transpose around it), or use vmap, jax or loop",
+    "computed from sample i alone, as sample i alone would compute it (not from the batch's size or other "
+    "samples), and reaching only sample i's loss (no coupling in the backward pass either)",
+    "call the layer batch first (e.g. batch_first=True, or transpose around it) and compute nothing in forward "
+    "from the batch's size or across samples, or use vmap, jax or loop",
 )
 OWN_LAYER = _define(
     "parameters-through-own-layer",
@@ -108,10 +114,12 @@ SETTING = _define(
 
 
 def get_assumption(id: str) -> Assumption:
+    """The assumption registered under `id`. Raises `ValueError` naming the known ids for another."""
     if id not in _ALL:
         raise ValueError(f"unknown assumption {id!r}; known: {', '.join(_ALL)}")
     return _ALL[id]
 
 
 def all_assumptions() -> list[Assumption]:
+    """Every assumption, in the order they are defined."""
     return list(_ALL.values())

@@ -83,6 +83,7 @@ class CallArgs:
         return self.map(lambda t: t[index])
 
     def call(self, model: Callable[..., Any]) -> Any:
+        """`model(*args, **kwargs)` with these arguments; returns what the model returns."""
         return model(*self.args, **self.kwargs)
 
     def to_user(self) -> Inputs:

@@ -3,7 +3,8 @@
 A step is reused while the call looks the same: the same method and loss function, inputs and
 targets of the same shapes, dtypes and devices, the same autocast and TF32 settings, and a model
 of the same structure (its modules and their types, train/eval modes and hooks, their attributes
-such as a flag or an Enum that switches a branch, or a config object; each parameter and buffer
+such as a flag or an Enum that switches a branch, or a config object, and each tensor held as a
+plain attribute, by object and storage; each parameter and buffer
 object with its shape, dtype, device, storage, `requires_grad` and gradient hooks), and a loss
 function with the same attributes (`CrossEntropyLoss.label_smoothing`, `reduction`). Parameter *values* are not part of the key: steps
 read the parameters when called, so an optimizer's in-place update is seen; new storage
@@ -28,7 +29,8 @@ _STEPS: weakref.WeakKeyDictionary[nn.Module, OrderedDict] = weakref.WeakKeyDicti
 def structure(model: nn.Module) -> tuple:
     """What a prepared step depends on besides values (see the module docstring)."""
     modules = tuple(
-        (name, type(m), m.training, sum(len(getattr(m, d)) for d in HOOK_DICTS), _plain_attributes(m))
+        (name, type(m), m.training, sum(len(getattr(m, d)) for d in HOOK_DICTS), _plain_attributes(m),
+         _tensor_attributes(m))
         for name, m in model.named_modules(remove_duplicate=False)
     )
     params = tuple(
@@ -56,6 +58,22 @@ def _plain_attributes(module: object) -> tuple:
     return tuple(found)
 
 
+def _tensor_attributes(module: nn.Module) -> tuple:
+    """Tensors held as plain attributes (neither parameter nor buffer: a mask, a constant), by object
+    and storage: a prepared step may hold the object it saw (a JAX trace, a peer's copy), so one
+    reassigned prepares again. Tensors computed from parameters (weight_norm's `weight`, recomputed
+    by its pre-hook on every forward) are left out: no step keeps them."""
+    found = []
+    for key, value in vars(module).items():
+        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and value.grad_fn is None:
+            try:
+                storage = value.data_ptr()
+            except RuntimeError:  # a tensor without storage (a functorch wrapper)
+                storage = None
+            found.append((key, id(value), storage, tuple(value.shape), value.dtype, value.device))
+    return tuple(found)
+
+
 def settings() -> tuple:
     """Global settings a step's preparation reads: autocast per device type, TF32."""
     autocast = tuple(
@@ -65,6 +83,10 @@ def settings() -> tuple:
 
 
 def key_of(method_key: object, loss_fn, call: CallArgs, targets: torch.Tensor, model: nn.Module) -> tuple:
+    """The cache key of a prepared step: the method's key, the loss function (identity and settings), the
+    inputs' and targets' shapes, dtypes and devices, the global settings (autocast, TF32) and the
+    model's structure; values (weights, batch contents) are not part of it.
+    """
     target = (tuple(targets.shape), targets.dtype, targets.device)
     loss = structure(loss_fn) if isinstance(loss_fn, nn.Module) else _plain_attributes(loss_fn) if hasattr(loss_fn, "__dict__") else ()
     return method_key, id(loss_fn), loss, call.signature(), target, settings(), structure(model)

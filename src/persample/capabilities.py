@@ -55,12 +55,19 @@ def refusal(finding: Finding, assumption: str, method: str | None) -> Unsupporte
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a method declares it can do; everything that enumerates methods reads this."""
+    """What a method declares it can do; everything that enumerates methods reads this.
+
+    Every field but `name`, `summary` and `notes` restricts the method, and each is a column of the
+    report's capability table (`report/capabilities.py`): a new one needs its column, or
+    `tests/report/test_capabilities.py` fails.
+    """
 
     name: str
     summary: str
     framework: str = "torch"
     devices: frozenset[str] = frozenset({"cpu", "cuda"})
+    # Why a device type outside `devices` is not offered, where there is more to say than "does not run".
+    device_reasons: dict[str, str] = field(default_factory=dict, compare=False)
     dtypes: frozenset[torch.dtype] = FLOATING
     # Why a dtype outside `dtypes` is not offered, where there is more to say than "not offered".
     dtype_reasons: dict[torch.dtype, str] = field(default_factory=dict, compare=False)

@@ -40,9 +40,12 @@ class GraphBackend(Protocol):
 
     devices: frozenset[str]
 
-    def unavailable_reason(self) -> str | None: ...
+    def unavailable_reason(self) -> str | None:
+        """Why graphs cannot be recorded here, or None."""
 
-    def capture(self, run: Callable[[], Outputs]) -> Callable[[], Outputs]: ...
+    def capture(self, run: Callable[[], Outputs]) -> Callable[[], Outputs]:
+        """Record `run` once; returns `replay()`, which re-executes it and returns the same (static)
+        output tensors. Raises `GraphCaptureError` when the recording fails."""
 
 
 class CudaGraphBackend:
@@ -54,9 +57,13 @@ class CudaGraphBackend:
         self.warmup = warmup
 
     def unavailable_reason(self) -> str | None:
+        """`NO_CUDA` when torch.cuda.is_available() is False, else None."""
         return None if torch.cuda.is_available() else NO_CUDA
 
     def capture(self, run: Callable[[], Outputs]) -> Callable[[], Outputs]:
+        """Warm `run` up on a side stream, record it in a torch.cuda.CUDAGraph; returns `replay()`. Raises
+        `GraphCaptureError` when the capture fails.
+        """
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # lazy initialisation, autotuning and allocator warm-up
@@ -157,27 +164,21 @@ class Captured(Method):
             name=f"{self.inner.name}+graph",
             summary=f"{self.inner.name}, its step replayed from a CUDA graph (no launch overhead)",
             devices=self.inner.capabilities.devices & self.backend.devices,
+            device_reasons={**self.inner.capabilities.device_reasons, **{
+                device: f"{NO_CUDA.split(';')[0]}; the model is on {device}"
+                for device in self.inner.capabilities.devices - self.backend.devices}},
             reference=False,
         )
 
     def unavailable_reason(self) -> str | None:
+        """Why neither the inner method nor the graph backend can run here, or None. Code, not
+        `Capabilities`: it asks this machine (CUDA present) and the inner method at run time."""
         if self.inner.capabilities.framework != "torch":
             return (
                 f"CUDA graph capture wraps PyTorch steps; {self.inner.name} is a "
                 f"{self.inner.capabilities.framework} method (it compiles its own step)"
             )
         return self.backend.unavailable_reason() or self.inner.unavailable_reason()
-
-    def find_unsupported(self, model: nn.Module) -> Unsupported | None:
-        return self.inner.find_unsupported(model)
-
-    def check(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-        reason = self.unavailable_reason()
-        if reason:
-            raise Unsupported(reason, method=self.name)
-        if device.type not in self.backend.devices:
-            raise Unsupported(f"{NO_CUDA.split(';')[0]}; the model is on {device.type}", method=self.name)
-        self.inner.check(model, device, dtype)
 
     def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch) -> Step:
         step = self.inner.prepare(model, loss_fn, example_batch)

@@ -47,6 +47,9 @@ class Feature:
 
     @classmethod
     def parse(cls, text: str) -> Feature:
+        """The feature written as 'Layer' or 'Layer.attribute <op> literal' in known_deviations.toml. Raises
+        `ValueError` for another form or a value that is not a Python literal.
+        """
         found = FEATURE.match(text)
         if not found:
             raise ValueError(f"cannot read the model feature {text!r}; write 'Layer' or 'Layer.attribute <op> literal'")
@@ -61,6 +64,9 @@ class Feature:
         return cls(layer, attribute, op, value)
 
     def present(self, model: nn.Module) -> bool:
+        """Whether some module of `model` is a `layer` (by class name, subclasses included) whose attribute
+        satisfies the comparison, when there is one.
+        """
         for module in model.modules():
             if self.layer not in {cls.__name__ for cls in type(module).__mro__}:
                 continue
@@ -79,6 +85,10 @@ def _patterns(value) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Deviation:
+    """A known deviation of a peer from the definition (known_deviations.toml): which method, checks,
+    workloads, modes and devices it covers, the layer features that trigger it, its reason and source.
+    """
+
     method: str
     reason: str
     checks: tuple[str, ...] = ("matrix",)
@@ -99,6 +109,7 @@ class Deviation:
         )
 
     def in_scope(self, method: str, device: str) -> bool:
+        """Whether this entry is about `method` on a device matching its `devices` patterns."""
         return method == self.method and any(fnmatch.fnmatchcase(device, p) for p in self.devices)
 
     def applies_to(self, model: nn.Module) -> bool:
@@ -108,6 +119,7 @@ class Deviation:
         return any(feature.present(model) for feature in self.applies_when)
 
     def describe(self) -> str:
+        """'<method>: <reason>'."""
         return f"{self.method}: {self.reason}"
 
 

@@ -18,6 +18,9 @@ def default_device() -> torch.device:
 
 
 def library_versions() -> dict[str, str | None]:
+    """{distribution name: installed version, or None} of the libraries results depend on (torch, jax, jaxlib,
+    triton, opacus, backpack-for-pytorch, numpy, persample).
+    """
     versions = {}
     for name in LIBRARIES:
         try:
@@ -28,6 +31,7 @@ def library_versions() -> dict[str, str | None]:
 
 
 def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` says."""
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:

@@ -1,8 +1,8 @@
 """One instrumented forward of the model and loss: what the methods' assumptions need to know.
 
 `observe(model, loss_fn, call, targets)` runs the forward with gradients enabled and records:
-- every call of the modules asked for (`capture`): the input (first argument) and the module's own
-  output (taken before any user forward hook can replace it);
+- every call of the modules asked for (`capture`): its arguments (`LayerInput`: positional and
+  keyword) and the module's own output (taken before any user forward hook can replace it);
 - uses of a trainable parameter, with a result that carries gradient, outside the forward of a
   module that owns it (`F.linear(h, self.embed.weight)`, a pre-hook or parametrization that
   recomputes a weight, a user forward hook adding to a layer's output);
@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from .batch import CallArgs
+from .layers import LayerInput
 from .state import preserved, rng_state, same_rng_state
 
 DIFFERENTIATING = {torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward}
@@ -35,19 +36,31 @@ GRAD_MODE_SETTERS = {torch._C._set_grad_enabled, torch.is_grad_enabled}
 
 @dataclass
 class LayerCall:
-    """One call of a captured module."""
+    """One call of a captured module: its arguments (what the layer rules read), its own output
+    and the output's version counter when recorded, whether gradients were enabled, and the custom
+    autograd Function whose forward made the call (None outside one)."""
 
     module: nn.Module
     qualname: str
-    input: Any
+    inputs: LayerInput
     output: Any
     output_version: int | None
     grad_enabled: bool
     in_function: str | None  # the custom autograd Function whose forward made this call
 
+    @property
+    def input(self) -> Any:
+        """The layer's input: its first argument (`LayerInput.first`), what the layout checks read."""
+        return self.inputs.first
+
 
 @dataclass
 class Observation:
+    """What one instrumented forward saw: outputs and per-sample losses (B,), the recorded layer calls,
+    parameters used outside their owner, no_grad regions, custom autograd Functions, derivatives taken
+    in forward, mutated buffers and whether random numbers were drawn.
+    """
+
     outputs: Any
     losses: torch.Tensor
     calls: list[LayerCall] = field(default_factory=list)
@@ -62,6 +75,7 @@ class Observation:
 
 
 def describe_function(func: Any) -> str:
+    """A readable name of a torch callable: 'F.linear', 'Tensor.add', 'torch.cat', or its qualified name."""
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
     module = getattr(func, "__module__", None) or ""
     if module.startswith("torch.nn.functional") or getattr(torch.nn.functional, name, None) is func:
@@ -144,16 +158,9 @@ class _Recorder:
         if module in self.capture:
             version = output._version if isinstance(output, torch.Tensor) else None
             self.calls.append(LayerCall(
-                module, self.names.get(module, ""), first_input(args, kwargs), output, version,
+                module, self.names.get(module, ""), LayerInput(args, kwargs), output, version,
                 torch.is_grad_enabled(), self.function_stack[-1] if self.function_stack else None,
             ))
-
-
-def first_input(args: tuple, kwargs: dict) -> Any:
-    """A layer's input: its first positional argument, or its first keyword one (`lin(input=x)`)."""
-    if args:
-        return args[0]
-    return next(iter(kwargs.values()), None)
 
 
 @contextmanager

@@ -45,20 +45,25 @@ K = TypeVar("K")
 
 
 def empty() -> dict:
+    """A summary with nothing in it: the current schema, no machines, workloads or checked rankings."""
     return {"schema": SCHEMA, "machines": {}, "workloads": {}, "checked": {}}
 
 
-class Case(NamedTuple):
+class RecommendedCase(NamedTuple):
+    """One measured case of the report's ranking: a zoo workload, its size, the batch size and the conformant
+    methods, fastest first.
+    """
+
     workload: str
     size: str
     batch_size: int
     ranking: list[str]
 
 
-def cases(machine: dict, mode: str) -> list[Case]:
+def cases(machine: dict, mode: str) -> list[RecommendedCase]:
     """A machine's measured zoo cases in `mode`, flattened."""
     return [
-        Case(workload, size, int(batch), ranking)
+        RecommendedCase(workload, size, int(batch), ranking)
         for workload, sizes in machine.get("cases", {}).get(mode, {}).items()
         for size, batches in sizes.items()
         for batch, ranking in batches.items()
@@ -137,6 +142,7 @@ def write(summary: dict, path: Path, *, merge_existing: bool = False) -> Path:
 
 
 def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -155,16 +161,21 @@ class Signature:
     parameters: int
 
     def distance(self, other: Signature) -> float:
+        """How far two models' structures are: the Jaccard distance of their layer-type sets plus DECADE_WEIGHT
+        (0.1) per decade between their trainable parameter counts; 0 for equal signatures.
+        """
         union = self.layers | other.layers
         jaccard = 1.0 - len(self.layers & other.layers) / len(union) if union else 0.0
         decades = abs(math.log10(max(self.parameters, 1)) - math.log10(max(other.parameters, 1)))
         return jaccard + DECADE_WEIGHT * decades
 
     def to_json(self) -> dict:
+        """{'layers': sorted layer types, 'parameters': trainable parameter count}."""
         return {"layers": sorted(self.layers), "parameters": self.parameters}
 
     @classmethod
     def from_json(cls, payload: dict) -> Signature:
+        """The signature stored as `to_json` wrote it."""
         return cls(frozenset(payload["layers"]), int(payload["parameters"]))
 
 
@@ -240,6 +251,10 @@ def record_checked(key: str, description: str, machine: str, device: str, mode: 
 
 
 class CheckedCase(NamedTuple):
+    """One ranking `persample check` measured for a model's structure: the machine, mode, batch size, methods
+    fastest first, and the model's description.
+    """
+
     machine: str
     mode: str
     batch_size: int

@@ -1,8 +1,13 @@
-"""The float64 reference and the tolerance policy every method is judged by.
+"""The float64 reference and the one comparison every method, kernel and translation is judged by.
 
 The reference is the `loop` method run in float64 on a float64 copy of the model and inputs
 (the same values, upcast). A low-precision method is never judged against a reference in its own
 precision: two bfloat16 methods can agree to 5e-4 while both sit ~3.5e-2 from the truth.
+
+`compare` measures the error (relative Frobenius norms per parameter and per sample, with vanishing
+gradients floored and a missing parameter flagged); `Comparison.within` holds it to a `Tolerance`
+from the modes' one table (`persample.modes`: `tolerance_for(mode, quantity)`, `SELF_CHECK`), which
+this module re-exports.
 """
 from __future__ import annotations
 
@@ -13,32 +18,12 @@ from torch import nn
 
 from .batch import CallArgs, Inputs
 from .contract import LossFn
+from .modes import SELF_CHECK, Tolerance, tolerance_for
 from .state import copy_model
 
+__all__ = ["Comparison", "SELF_CHECK", "SIGNAL_FRACTION", "Tolerance", "VANISHING_FRACTION", "compare",
+           "reference_grads", "tolerance_for"]
 
-@dataclass(frozen=True)
-class Tolerance:
-    """Bounds on the relative Frobenius error per parameter and on the worst single sample."""
-
-    relative: float
-    per_sample: float
-
-
-# Keyed by the compute mode; "tf32" is float32 with TensorFloat-32 matrix units enabled.
-TOLERANCES: dict[str, Tolerance] = {
-    "float64": Tolerance(relative=1e-10, per_sample=1e-9),
-    "float32": Tolerance(relative=1e-4, per_sample=1e-3),
-    "tf32": Tolerance(relative=1e-2, per_sample=5e-2),
-    # Half precisions: measured on the CPU (B=8, every zoo model), the float-exact loop itself sits
-    # up to 3.2e-2 / 6.4e-2 (float16) and 1.1e-1 / 3.3e-1 (bfloat16) from float64 on conv nets,
-    # where rounding flips ReLU kinks; these bounds still reject a gradient off by a factor of B.
-    "float16": Tolerance(relative=5e-2, per_sample=1.5e-1),
-    "bfloat16": Tolerance(relative=2e-1, per_sample=5e-1),
-}
-
-SELF_CHECK = Tolerance(relative=1e-3, per_sample=1e-2)
-"""What a method's checks at prepare time allow (computed in float32 or wider): far above float32
-rounding (~1e-6), far below the 5% discrepancy they must catch."""
 
 VANISHING_FRACTION = 1e-2
 """A gradient smaller than this fraction of the largest parameter gradient counts as vanishing:
@@ -51,29 +36,13 @@ float64's rounding), the parameter was left out of the computation (a zeroed bra
 path) and the comparison says so."""
 
 
-def mode_name(dtype: torch.dtype, tf32: bool = False) -> str:
-    """"float32", "bfloat16", ... or "tf32" for float32 with TF32 enabled."""
-    name = str(dtype).removeprefix("torch.")
-    return "tf32" if tf32 and dtype == torch.float32 else name
-
-
-def tolerance_for(dtype: torch.dtype | str, tf32: bool = False) -> Tolerance:
-    """The tolerance for results computed in `dtype` (a dtype, or a mode name such as "tf32" or
-    "autocast-bf16", which takes the tolerance of the precision it computes in)."""
-    key = dtype if isinstance(dtype, str) else mode_name(dtype, tf32)
-    if key not in TOLERANCES:
-        from .modes import MODES
-
-        key = MODES[key].tolerance if key in MODES and MODES[key].tolerance else key
-    if key not in TOLERANCES:
-        raise ValueError(f"no tolerance for {key!r}; known modes: {', '.join(TOLERANCES)}")
-    return TOLERANCES[key]
-
-
 def reference_grads(
     model: nn.Module, inputs: Inputs, targets: torch.Tensor, loss_fn: LossFn
 ) -> dict[str, torch.Tensor]:
-    """Per-sample gradients from the loop method on a float64 copy of model, inputs, targets."""
+    """Per-sample gradients from the loop method on a float64 copy of model, inputs, targets:
+    {parameter name: (B, *param.shape)} in float64, on the model's device. The model is not changed
+    (hooks on its parameter tensors are carried over to the copy). Raises what `loop` raises
+    (`LossNotPerSample` for a loss that depends on the batch)."""
     from .methods.registry import get
 
     model64 = copy_model(model).to(torch.float64)
@@ -88,7 +57,13 @@ def reference_grads(
 
 @dataclass
 class Comparison:
-    """How far per-sample gradients are from the reference, per parameter and per sample."""
+    """How far per-sample gradients are from the reference, per parameter and per sample.
+
+    `relative`: {parameter: ‖ĝ − g‖_F / max(‖g‖_F, floor)} over the whole batch; `per_sample`:
+    {parameter: the largest such ratio of one sample}, at `worst_sample` (its index); `problems`:
+    what cannot be measured (missing or unexpected parameters, wrong shapes, NaN or inf, a parameter
+    left out of the computation). Errors are dimensionless relative errors.
+    """
 
     relative: dict[str, float] = field(default_factory=dict)
     per_sample: dict[str, float] = field(default_factory=dict)
@@ -97,13 +72,16 @@ class Comparison:
 
     @property
     def max_relative(self) -> float:
+        """The largest relative error over the parameters (0.0 for none)."""
         return max(self.relative.values(), default=0.0)
 
     @property
     def max_per_sample(self) -> float:
+        """The largest per-sample relative error over the parameters and samples (0.0 for none)."""
         return max(self.per_sample.values(), default=0.0)
 
     def within(self, tolerance: Tolerance) -> bool:
+        """No problem, and both the largest relative and the largest per-sample error within `tolerance`."""
         return (
             not self.problems
             and self.max_relative <= tolerance.relative
@@ -129,7 +107,19 @@ class Comparison:
 
 
 def compare(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> Comparison:
-    """Relative Frobenius error per parameter and worst per-sample relative error, in float64."""
+    """Measure `grads` against `reference`, both {parameter name: (B, *param.shape)}, in float64 on the CPU.
+
+    Per parameter p: relative = ‖ĝ_p − g_p‖_F / max(‖g_p‖_F, f) with f = `VANISHING_FRACTION` ×
+    maxₚ‖g_p‖_F; per sample i: ‖ĝ_pi − g_pi‖ / max(‖g_pi‖, `VANISHING_FRACTION` × maxₚ‖g_pi‖). A
+    vanishing gradient is thus judged on the scale of the largest one, not its own near-zero norm
+    (where rounding is all there is). A parameter whose gradients are all exactly zero while the
+    reference's are not (above `SIGNAL_FRACTION` of the largest and above the dtype's underflow)
+    is reported as left out of the computation, not measured. Returns a `Comparison`; never raises
+    for a wrong answer (the problems are in it); `reference`'s tensors must share B. The conformance
+    cells, the checks at prepare time, `persample check`, the specification assertions
+    (`conformance/assertions.py`) and the kernel, layer-rule, translation and norm tests all measure
+    with it, each against its mode's tolerance for the quantity compared (`persample.modes`).
+    """
     result = Comparison()
     missing, extra = reference.keys() - grads.keys(), grads.keys() - reference.keys()
     if missing:

@@ -33,7 +33,7 @@ from .deviations import deviations_applying
 from .errors import LossNotPerSample, Unsupported
 from .methods.base import Method, PreparedStep
 from .methods.registry import registered
-from .reference import mode_name
+from .modes import mode_name
 
 FALLBACK_ORDER = {
     "cuda": ("kernel", "vmap", "hooks", "expand", "jax"),
@@ -51,6 +51,7 @@ class Choice:
     step: PreparedStep | None = None
 
     def describe(self) -> str:
+        """One line: the method chosen, on what basis, and the methods passed over with why."""
         over = "; ".join(self.passed_over)
         return f"{self.method.name} ({self.basis})" + (f"; passed over: {over}" if over else "")
 

@@ -1,5 +1,6 @@
-"""Leaving the model as it was found: buffers and attributes a forward updates, `.grad`, the global
-random state; and the model widened to float32 for the checks, in place.
+"""Leaving the model as it was found: the parameter and buffer objects each name holds (a functional
+call swaps tensors in), buffers and attributes a forward updates, `requires_grad`, `.grad`, the
+global random state; and the model widened to float32 for the checks, in place.
 
 A forward may update buffers (a call counter, running statistics, spectral norm's power
 iteration), plain attributes (a Python counter, `self.last = x`) and draw random numbers
@@ -92,13 +93,20 @@ CONTAINERS = (list, dict, set)
 
 
 class StateSnapshot:
-    """Each parameter's `.grad`, each module's attributes (by reference; the contents of lists,
-    dicts and sets too, one level deep), and the Python and NumPy random states."""
+    """Each module's parameter objects (which Parameter each name holds: a block that swaps a
+    tensor in, as `torch.func.functional_call` does, must not leave it there), each parameter's
+    `requires_grad` and `.grad`, each module's attributes (by reference; the contents of lists,
+    dicts and sets too, one level deep), the names of its buffers, and the Python and NumPy random
+    states."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.grads = [(p, p.grad) for p in model.parameters()]
+        modules = list(model.modules())  # one traversal serves every list below
+        self.parameters = [(module, dict(module._parameters)) for module in modules]
+        self.buffer_names = [(module, tuple(module._buffers)) for module in modules]
+        unique = {id(p): p for _, slot in self.parameters for p in slot.values() if p is not None}
+        self.grads = [(p, p.grad, p.requires_grad) for p in unique.values()]
         self.attributes = [
-            (module, {k: v for k, v in vars(module).items() if k not in INTERNAL}) for module in model.modules()
+            (module, {k: v for k, v in vars(module).items() if k not in INTERNAL}) for module in modules
         ]
         self.contents = [
             (value, copy.copy(value)) for _, attributes in self.attributes for value in attributes.values()
@@ -108,7 +116,23 @@ class StateSnapshot:
         self.numpy_random = np.random.get_state()
 
     def restore(self) -> None:
-        for param, grad in self.grads:
+        """Put back each module's parameter objects (removing ones the block added), each parameter's
+        requires_grad and .grad, each module's attributes (removing ones the forward added) and
+        container contents, and the Python and NumPy random states; remove buffers the block added
+        (`BufferSnapshot` puts back the found ones).
+        """
+        for module, saved in self.parameters:
+            current = module._parameters
+            if len(current) != len(saved) or any(current.get(k, _MISSING) is not v for k, v in saved.items()):
+                current.clear()
+                current.update(saved)
+        for module, names in self.buffer_names:
+            if tuple(module._buffers) != names:
+                for name in [n for n in module._buffers if n not in names]:
+                    del module._buffers[name]
+        for param, grad, flag in self.grads:
+            if param.requires_grad != flag:
+                param.requires_grad_(flag)
             if param.grad is not grad:
                 param.grad = grad
         for module, attributes in self.attributes:
@@ -161,6 +185,27 @@ def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @contextmanager
+def modes_and_hooks_kept(model: nn.Module) -> Iterator[None]:
+    """Run the block, then put back every module's train/eval mode and its hook dictionaries (a hook
+    a failing method registered and never removed goes; one it removed comes back). Costs a
+    shallow copy of each module's hook dictionaries: for `prepare`, not for every step."""
+    modules = list(model.modules())
+    modes = [(m, m.training) for m in modules]
+    hooks = [(m, name, dict(getattr(m, name))) for m in modules for name in HOOK_DICTS if hasattr(m, name)]
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            if module.training != mode:
+                module.training = mode
+        for module, name, saved in hooks:
+            current = getattr(module, name)
+            if list(current.keys()) != list(saved.keys()) or any(current[k] is not v for k, v in saved.items()):
+                current.clear()
+                current.update(saved)
+
+
+@contextmanager
 def restored_after(model: nn.Module) -> Iterator[None]:
     """Run the block, then put the whole model back as it was: the parameter and buffer objects
     and values, `.grad`, attributes, hooks, training modes and the random states. For running code
@@ -197,8 +242,10 @@ def restored_after(model: nn.Module) -> Iterator[None]:
 
 @contextmanager
 def preserved(model: nn.Module, copy: frozenset[str] | None = None) -> Iterator[BufferSnapshot]:
-    """Run the block, then restore the model's buffers, `.grad`, plain attributes and the global
-    random state."""
+    """Run the block, then restore the model's parameter and buffer objects (the Parameter each
+    name held, also after an exception: a method that swapped a tensor in and failed leaves none
+    behind), buffer values (see `BufferSnapshot`), `requires_grad`, `.grad`, plain attributes and
+    the global random state. Parameter values are not copied (`restored_after` does that)."""
     snapshot = BufferSnapshot(model, copy)
     state = StateSnapshot(model)
     with torch.random.fork_rng(devices=_rng_devices(model)):
@@ -252,6 +299,7 @@ def rng_state(model: nn.Module) -> tuple:
 
 
 def same_rng_state(a: tuple, b: tuple) -> bool:
+    """Whether two tuples of random-generator states are equal, element by element."""
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from persample.bench import runner, skips
+from persample.bench import asv_run, skips
 from persample.bench.grid import BASELINE, GRID_ENV, GRIDS, Case, current_grid, get_grid
 from persample.bench.skips import skip_reason
 from persample.methods import registry
@@ -122,7 +122,7 @@ def test_the_quick_benchmark_shows_how_two_workloads_scale_with_the_batch():
 def test_the_selection_regex_selects_exactly_the_runnable_cases():
     cases = get_grid("cpu").cases()
     chosen = cases[::3]
-    pattern = runner.selection_regex(chosen)
+    pattern = asv_run.selection_regex(chosen)
     for name in ("per_sample.PerSampleGradientTime.time_step", "per_sample.PerSampleGradientMemory.track_peak_memory"):
         for case in cases:
             asv_name = f"{name}({', '.join(repr(p) for p in case.params())})"  # as asv builds it
@@ -131,6 +131,6 @@ def test_the_selection_regex_selects_exactly_the_runnable_cases():
 
 def test_quick_selection_keeps_the_quick_workloads_and_a_pattern_narrows_it():
     cases = get_grid("cpu").cases()
-    quick = runner.selected_cases(cases, quick=True, pattern=None)
+    quick = asv_run.selected_cases(cases, quick=True, pattern=None)
     assert {c.workload for c in quick} == {"mlp", "mnist_cnn"}
-    assert [c.id for c in runner.selected_cases(cases, quick=True, pattern="^vmap-mlp-")] == ["vmap-mlp-full-b16-float32-eager"]
+    assert [c.id for c in asv_run.selected_cases(cases, quick=True, pattern="^vmap-mlp-")] == ["vmap-mlp-full-b16-float32-eager"]

@@ -11,7 +11,7 @@ from persample.bench.calibration import Calibration, FILENAME as CALIBRATION
 from persample.bench.collect import collect
 from persample.bench.grid import get_grid
 from persample.bench.quick import pytest_env
-from persample.bench.runner import BenchOptions, run_bench
+from persample.bench.asv_run import BenchOptions, run_bench
 from persample.machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,8 @@ def asv_config(tmp_path, monkeypatch):
     path.write_text(json.dumps(config))
     name = machine_info()["name"]
     (tmp_path / "results" / name).mkdir(parents=True)  # a stored calibration: no need to measure here
-    stored = Calibration(name, "cpu", "2026-01-01T00:00:00+00:00", bandwidth=1e10, matmul={"float32": 1e11})
+    stored = Calibration(name, "cpu", "2026-01-01T00:00:00+00:00", bandwidth=1e10, matmul={"float32": 1e11},
+                         fresh_write=5e9)
     (tmp_path / "results" / name / CALIBRATION).write_text(json.dumps(stored.__dict__) + "\n")
     return path
 
@@ -44,6 +45,7 @@ def test_asv_quick_run_of_one_case_is_saved_and_collected(asv_config, tmp_path):
     row = table[0]
     assert row["median_s"] > 0 and row["peak_memory_bytes"] > 0 and row["baseline_s"] > 0
     assert row["floor_s"] > 0 and row["source"] == "asv" and row["machine"] == machine_info()["name"]
+    assert row["fresh_floor_s"] > row["floor_s"]  # the per-sample gradients at 5e9 B/s fresh, 1e10 warm
 
 
 def run_quick(*arguments: str) -> subprocess.CompletedProcess:

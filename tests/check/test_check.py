@@ -283,3 +283,41 @@ def test_arguments_take_one_value_or_many():
         persample.check(model, inputs, targets, methods=[])
     with pytest.raises(ValueError, match="NaN or inf"):
         persample.check(model, inputs.clone().fill_(float("nan")), targets)
+
+
+class GradientOnlyCoupling(nn.Module):
+    """Rows 6 and 7 exchange gradient, the values unchanged: no sample's loss moves when another changes."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        s = h[6:8].sum(0, keepdim=True)
+        return self.b(torch.cat([h[:6], h[6:8] + (s - s.detach())]))
+
+
+class BatchSized(nn.Module):
+    """Scales by x.shape[0]: a sample computes otherwise in the batch than alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)) * x.shape[0])
+
+
+@pytest.mark.parametrize("make", [GradientOnlyCoupling, BatchSized], ids=["gradient-only", "batch-size"])
+def test_a_coupling_no_loss_value_shows_never_makes_the_reference_wrong(make):
+    torch.manual_seed(0)
+    report = persample.check(make(), torch.randn(8, 6), torch.randint(3, (8,)),
+                             methods=["loop", "hooks", "expand", "vmap"], quick=True, record=False)
+    results = by_method(report)
+    assert any("does not add up to the batch gradient" in note for note in report.notes)
+    for name in ("loop", "vmap"):  # each sample alone: the definition, held to every invariant but the sum
+        assert results[name].status == CORRECT and "sum" in results[name].unchecked, results[name].reason
+    for name in ("hooks", "expand"):  # they read sample i off the whole batch: refused, naming why
+        assert results[name].status == REFUSED and "compute each sample alone" in results[name].reason
+    assert report.exit_code() == 0

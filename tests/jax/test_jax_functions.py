@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from persample.conformance.assertions import assert_translates
 from persample.jax_translate.eager import evaluate
 
 
@@ -153,4 +154,4 @@ def test_translated_functions_compute_torch_values(case):
     inputs = make_inputs()
     with torch.no_grad():
         expected = model(*inputs)
-    torch.testing.assert_close(evaluate(model, *inputs, compiled=True), expected, rtol=1e-9, atol=1e-10)
+    assert_translates(evaluate(model, *inputs, compiled=True), expected, torch.float64, case)

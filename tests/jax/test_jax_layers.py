@@ -1,7 +1,9 @@
 """Every translated layer type, in the configurations torch offers, computes torch's values.
 
 Values are compared in float64 on the eager translation (no jit); JAX differentiates the same
-code the compiled step runs, and the zoo tests compare those gradients with the reference.
+code the compiled step runs, and the zoo tests compare those gradients with the reference. Every
+comparison is `reference.compare` (through `conformance.assertions.assert_translates`) within the
+mode's translation tolerance (`persample.modes`).
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from persample.conformance.assertions import assert_translates
 from persample.jax_translate.eager import evaluate
 from persample.jax_translate.vocabulary import LAYER_TYPES, LAYERS
 
@@ -124,7 +127,7 @@ def test_translated_layer_computes_torch_values(case):
     inputs = make_inputs(specs)
     with torch.no_grad():
         expected = model(*inputs)
-    torch.testing.assert_close(evaluate(model, *inputs, compiled=True), expected, rtol=1e-9, atol=1e-10)
+    assert_translates(evaluate(model, *inputs, compiled=True), expected, torch.float64, case)
 
 
 def test_every_declared_layer_type_is_translated_and_tested():
@@ -138,7 +141,7 @@ def test_every_declared_layer_type_is_translated_and_tested():
     assert not untested, f"layer types without a value test: {sorted(t.__name__ for t in untested)}"
 
 
-HALF_TOLERANCE = {torch.bfloat16: 1.6e-2, torch.float16: 2e-3}  # two units in the last place
+HALF = (torch.bfloat16, torch.float16)
 HALF_CASES = (
     "linear-3d-input", "conv2d-stride-dilation-groups", "layernorm-no-bias", "groupnorm",
     "instancenorm2d-running-stats-eval", "rmsnorm-default-eps", "batchnorm2d-eval", "softmax-dim",
@@ -157,8 +160,8 @@ def half_precision_case(case: str, dtype: torch.dtype):
     oneDNN is off for torch's answer: torch runs bfloat16 LSTMs through oneDNN's RNN kernel only
     on CPUs where `ideep::has_bf16_type_support()` (AVX-512 and newer), and that kernel rounds
     elsewhere than ATen's cells (float32 gates, rounded states). On this 1e-2-scaled LSTM the two
-    torch answers are 1.5e-3 apart, 0.98 of this test's tolerance, so which one the translation was
-    judged against depended on the CPU. ATen's kernels are torch's reference and run on every CPU.
+    torch answers are 1.5e-3 apart, 0.98 of the elementwise tolerance this test then had, so which
+    one the translation was judged against depended on the CPU. ATen's kernels are torch's reference and run on every CPU.
     """
     make_model, specs = CASES[case]
     torch.manual_seed(0)
@@ -169,16 +172,15 @@ def half_precision_case(case: str, dtype: torch.dtype):
     return model, inputs, expected
 
 
-@pytest.mark.parametrize("dtype", HALF_TOLERANCE, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("dtype", HALF, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("case", HALF_CASES)
 def test_translated_layer_in_half_precision_rounds_like_torch(case, dtype):
     """torch computes these in float32 and rounds once (its "opmath"); so must the translation."""
     model, inputs, expected = half_precision_case(case, dtype)
-    tolerance = HALF_TOLERANCE[dtype]
-    torch.testing.assert_close(evaluate(model, *inputs, compiled=True), expected, rtol=tolerance, atol=tolerance * 1e-2)
+    assert_translates(evaluate(model, *inputs, compiled=True), expected, dtype, case)
 
 
-@pytest.mark.parametrize("dtype", HALF_TOLERANCE, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("dtype", HALF, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("case", RECURRENT_CASES)
 def test_translated_recurrent_layer_in_half_precision_rounds_where_torch_rounds(case, dtype):
     """A recurrence compounds every rounding, so the cells must round exactly where torch's ATen

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import persample.methods.jax  # noqa: F401  (registers "jax")
 from persample import LossNotPerSample, Unsupported
 from persample.jax_translate.compiled import trace_count
 from persample.methods.jax import JaxMethod

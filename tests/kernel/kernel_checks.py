@@ -6,20 +6,13 @@ import torch
 from torch import nn
 
 from persample.methods.kernel import KernelMethod
-from persample.reference import Tolerance, compare, reference_grads, tolerance_for
+from persample.modes import TRANSLATION
+from persample.reference import compare, reference_grads, tolerance_for
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = (torch.float32, torch.bfloat16)
-
-# A kernel and the float64 rule see the same inputs: only float32 arithmetic and the final
-# rounding to the output dtype separate them (bfloat16 keeps 8 bits: 2^-8 = 3.9e-3). In float32,
-# a norm group of two close elements divides the rounding of its mean by their small spread: the
-# shared rule run in float32 is itself up to 3e-5 (per sample) from float64 there.
-KERNEL_VS_RULE = {
-    torch.float32: Tolerance(relative=5e-5, per_sample=1e-4),
-    torch.float16: Tolerance(relative=2e-3, per_sample=2e-3),
-    torch.bfloat16: Tolerance(relative=1e-2, per_sample=1e-2),
-}
+# A kernel against the shared rule is a translation in the kernel's precision: its tolerances (and
+# the measurements behind them) are the modes' `translation` row (persample.modes).
 
 
 def poisoned(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -40,11 +33,11 @@ def assert_matches_rule(
     got: dict[str, torch.Tensor], rule: dict[str, torch.Tensor], dtype: torch.dtype, *inputs: torch.dtype
 ) -> None:
     """The kernel's gradients (in `dtype`) against the shared rule evaluated in float64 on the same
-    inputs, within the tolerance of the coarsest of `dtype` and the inputs' dtypes `inputs`."""
+    inputs, within the translation tolerance of the coarsest of `dtype` and the inputs' dtypes `inputs`."""
     __tracebackhide__ = True
     for name, value in got.items():
         assert value.dtype == dtype, f"{name}: dtype {value.dtype}, expected {dtype}"
-    tolerance = KERNEL_VS_RULE[coarsest(dtype, *inputs)]
+    tolerance = tolerance_for(coarsest(dtype, *inputs), TRANSLATION)
     result = compare(got, rule)
     assert result.within(tolerance), f"kernel vs float64 rule: {result.describe(tolerance)}"
 

@@ -160,6 +160,16 @@ def test_capture_on_the_cpu_is_unsupported():
         Captured("hooks").prepare(nn.Linear(4, 3), None, classification_batch(3, "cpu"))
 
 
+def test_a_model_on_the_cpu_is_refused_from_the_declared_devices_even_where_cuda_exists():
+    class CudaOnlyBackend(RerunBackend):
+        devices = frozenset({"cuda"})
+
+    captured = Captured("hooks", backend=CudaOnlyBackend())
+    assert captured.capabilities.devices == {"cuda"}
+    with pytest.raises(Unsupported, match="CUDA graph capture needs a CUDA device; the model is on cpu"):
+        captured.prepare(nn.Linear(4, 3), None, classification_batch(3, "cpu"))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="recording a real CUDA graph needs a CUDA device")
 def test_real_cuda_graph_replays_fresh_batches():
     torch.manual_seed(0)

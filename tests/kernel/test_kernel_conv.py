@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from .kernel_checks import DEVICE, DTYPES, assert_matches_rule, assert_method_matches_reference, poisoned_outputs
+from persample.rules import LayerInput, trainable_locals
 from persample.kernels.conv import conv_grads
 from persample.rules.conv import ConvRule
 
@@ -19,7 +20,7 @@ def check_conv(layer, x, dtype):
     out = poisoned_outputs(layer, x.shape[0])
     got = conv_grads(layer, x, g, out=out)
     assert set(got) == set(out) and all(got[name] is out[name] for name in out)
-    assert_matches_rule(got, ConvRule.grad_sample(layer, x.double(), g.double()), dtype)
+    assert_matches_rule(got, ConvRule.grad_sample(layer, LayerInput.of(x.double()), g.double(), trainable_locals(layer)), dtype)
 
 
 @st.composite

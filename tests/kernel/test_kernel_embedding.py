@@ -5,6 +5,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from .kernel_checks import DEVICE, DTYPES, assert_matches_rule, assert_method_matches_reference, poisoned
+from persample.rules import LayerInput, trainable_locals
 from persample.kernels.embedding import embedding_grads
 from persample.rules.embedding import EmbeddingRule
 
@@ -30,7 +31,7 @@ def test_embedding_kernel_matches_rule(batch, token_shape, vocabulary, width, pa
     assert got is out
     if layer.padding_idx is not None:
         assert not got[:, layer.padding_idx].any(), "the padding row must stay zero"
-    assert_matches_rule({"weight": got}, EmbeddingRule.grad_sample(layer, idx, g.double()), dtype)
+    assert_matches_rule({"weight": got}, EmbeddingRule.grad_sample(layer, LayerInput.of(idx), g.double(), trainable_locals(layer)), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -50,4 +51,4 @@ def test_tokens_spanning_several_row_blocks_and_token_blocks():
     g = torch.randn(1, idx.shape[1], width, device=DEVICE)
     got = embedding_grads(idx, g, vocabulary, out=poisoned((1, vocabulary, width), torch.float32))
     layer = nn.Embedding(vocabulary, width).to(DEVICE)
-    assert_matches_rule({"weight": got}, EmbeddingRule.grad_sample(layer, idx, g.double()), torch.float32)
+    assert_matches_rule({"weight": got}, EmbeddingRule.grad_sample(layer, LayerInput.of(idx), g.double(), trainable_locals(layer)), torch.float32)

@@ -5,6 +5,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from .kernel_checks import DEVICE, DTYPES, assert_matches_rule, assert_method_matches_reference, poisoned_outputs
+from persample.rules import LayerInput, trainable_locals
 from persample.kernels.linear import linear_grads
 from persample.rules.linear import LinearRule
 
@@ -26,7 +27,7 @@ def test_linear_kernel_matches_rule(batch, leading, features, bias, dtype, seed)
     out = poisoned_outputs(layer, batch)
     got = linear_grads(x, g, bias=bias, dtype=dtype, out=out)
     assert all(got[name] is out[name] for name in out), "the kernel must write into the given buffers"
-    assert_matches_rule(got, LinearRule.grad_sample(layer, x.double(), g.double()), dtype)
+    assert_matches_rule(got, LinearRule.grad_sample(layer, LayerInput.of(x.double()), g.double(), trainable_locals(layer)), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
@@ -44,7 +45,7 @@ def test_frozen_weight_computes_the_bias_alone():
     x, g = torch.randn(2, 3, 6, device=DEVICE), torch.randn(2, 3, 4, device=DEVICE)
     from persample.kernels.linear import linear_grad_sample
 
-    got = linear_grad_sample(layer, x, g)
+    got = linear_grad_sample(layer, LayerInput.of(x), g, trainable_locals(layer))
     assert set(got) == {"bias"}
     torch.testing.assert_close(got["bias"], g.sum(1), rtol=1e-5, atol=1e-5)
 

@@ -63,6 +63,46 @@ def test_refused_instance_runs_on_the_rules_with_the_reason(monkeypatch):
     assert KernelMethod().placement_reasons(model)["0"] == ("rules", "refused for the test")
 
 
+class Float64Head(nn.Module):
+    """A float32 body and a float64 head, the forward casting between them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.norm, self.head = nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 3).double()
+
+    def forward(self, x):
+        return self.head(self.norm(torch.tanh(self.body(x))).double()).float()
+
+
+def test_a_layer_of_a_dtype_the_kernels_do_not_take_runs_on_the_rules_in_its_dtype():
+    """A float64 layer in a float32 model falls back to the shared rule, which computes in float64;
+    the placement names the layer and the dtype."""
+    model = Float64Head().to(DEVICE)
+    x, y = torch.randn(5, 6, device=DEVICE), torch.randn(5, 3, device=DEVICE)
+    assert assert_method_matches_reference(model, x, y) == {"body": "triton", "norm": "triton", "head": "rules"}
+    where, why = KernelMethod().placement_reasons(model)["head"]
+    assert where == "rules" and "float64" in why and "shared rule" in why
+
+
+class PromotingNorm(nn.Module):
+    """A float32 Linear, then an RMSNorm with float32 parameters fed float64 (it promotes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.norm = nn.Linear(6, 8), nn.RMSNorm(8)
+
+    def forward(self, x):
+        return self.norm(torch.tanh(self.body(x)).double())
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+def test_a_call_of_a_dtype_the_kernels_do_not_take_is_computed_by_the_shared_rule():
+    """The RMSNorm's call reaches its kernel rule in float64 although its parameters are float32: the
+    shared rule's formula computes it (not cast down, not a raw launcher error)."""
+    x, y = torch.randn(5, 6, device=DEVICE), torch.randn(5, 8, device=DEVICE, dtype=torch.float64)
+    assert assert_method_matches_reference(PromotingNorm().to(DEVICE), x, y) == {"body": "triton", "norm": "triton"}
+
+
 def test_subclasses_keep_the_kernel_unless_they_change_forward():
     class Renamed(nn.Linear):
         pass

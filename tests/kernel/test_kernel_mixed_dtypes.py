@@ -16,7 +16,7 @@ from persample.kernels.embedding import embedding_grads
 from persample.kernels.linear import linear_grads
 from persample.kernels.norms import channel_norm_grads, row_norm_grads
 from persample.kernels.tuning import FEEDS
-from persample.rules import rule_for
+from persample.rules import LayerInput, rule_for, trainable_locals
 from persample.rules.conv import ConvRule
 from persample.rules.embedding import EmbeddingRule
 from persample.rules.linear import LinearRule
@@ -48,7 +48,7 @@ def test_linear_kernel_on_mixed_dtypes_matches_rule(feed):
     layer = nn.Linear(19, 5).to(DEVICE, dtype)
     x, g = torch.randn(2, 3, 19, device=DEVICE).to(x_dtype), torch.randn(2, 3, 5, device=DEVICE).to(g_dtype)
     got = linear_grads(x, g, dtype=dtype, out=poisoned_outputs(layer, 2))
-    assert_matches_rule(got, LinearRule.grad_sample(layer, x.double(), g.double()), dtype, x_dtype, g_dtype)
+    assert_matches_rule(got, LinearRule.grad_sample(layer, LayerInput.of(x.double()), g.double(), trainable_locals(layer)), dtype, x_dtype, g_dtype)
 
 
 @pytest.mark.parametrize("feed", MIXED, ids=name)
@@ -61,7 +61,7 @@ def test_conv_kernel_on_mixed_dtypes_matches_rule(feed):
         g = torch.randn_like(layer.float()(x)).to(g_dtype)
     x = x.to(x_dtype)
     got = conv_grads(layer, x, g, out=poisoned_outputs(layer, 2))
-    assert_matches_rule(got, ConvRule.grad_sample(layer, x.double(), g.double()), dtype, x_dtype, g_dtype)
+    assert_matches_rule(got, ConvRule.grad_sample(layer, LayerInput.of(x.double()), g.double(), trainable_locals(layer)), dtype, x_dtype, g_dtype)
 
 
 @pytest.mark.parametrize("feed", sorted({(g, p) for _, g, p in MIXED if g != p}, key=str), ids=name)
@@ -72,7 +72,7 @@ def test_embedding_kernel_on_a_grad_of_another_dtype_matches_rule(feed):
     idx = torch.randint(4, (2, 7), device=DEVICE)
     g = torch.randn(2, 7, 5, device=DEVICE).to(g_dtype)
     got = embedding_grads(idx, g, 11, padding_idx=2, dtype=dtype, out=poisoned((2, 11, 5), dtype))
-    assert_matches_rule({"weight": got}, EmbeddingRule.grad_sample(layer, idx, g.double()), dtype, g_dtype)
+    assert_matches_rule({"weight": got}, EmbeddingRule.grad_sample(layer, LayerInput.of(idx), g.double(), trainable_locals(layer)), dtype, g_dtype)
 
 
 @pytest.mark.parametrize("max_row_block", [4096, 2], ids=["inline-stats", "moments-pass"])
@@ -87,7 +87,7 @@ def test_row_norm_kernel_on_mixed_dtypes_matches_rule(feed, kind, max_row_block)
             p.normal_()
     x, g = shifted((2, 3, 6), x_dtype), torch.randn(2, 3, 6, device=DEVICE).to(g_dtype)
     got = row_norm_grads(layer, x, g, out=poisoned_outputs(layer, 2), max_row_block=max_row_block)
-    rule = NormRule.grad_sample(copy.deepcopy(layer).double(), x.double(), g.double())
+    rule = NormRule.grad_sample(copy.deepcopy(layer).double(), LayerInput.of(x.double()), g.double(), trainable_locals(layer))
     assert_matches_rule(got, rule, dtype, x_dtype, g_dtype)
 
 
@@ -99,7 +99,7 @@ def test_channel_norm_kernel_on_mixed_dtypes_matches_rule(feed):
         layer = layer.to(DEVICE, dtype)
         x, g = shifted(shape, x_dtype), torch.randn(shape, device=DEVICE).to(g_dtype)
         got = channel_norm_grads(layer, x, g, out=poisoned_outputs(layer, 2))
-        rule = NormRule.grad_sample(copy.deepcopy(layer).double(), x.double(), g.double())
+        rule = NormRule.grad_sample(copy.deepcopy(layer).double(), LayerInput.of(x.double()), g.double(), trainable_locals(layer))
         assert_matches_rule(got, rule, dtype, x_dtype, g_dtype)
 
 
@@ -128,9 +128,9 @@ def test_what_autocast_feeds_a_float32_model_is_covered_and_computed(half):
         feed = (x.dtype, g.dtype, module.weight.dtype)
         fed = FEEDS if x.is_floating_point() else [(x.dtype, g, p) for _, g, p in FEEDS]  # Embedding: indices
         assert feed in fed, f"{type(module).__name__} was fed {feed}, not in tuning.FEEDS"
-        got = kernel_rule_for(module).grad_sample(module, x, g)
+        got = kernel_rule_for(module).grad_sample(module, LayerInput.of(x), g, trainable_locals(module))
         x64 = x.double() if x.is_floating_point() else x
-        rule = rule_for(module).grad_sample(copy.deepcopy(module).double(), x64, g.double())
+        rule = rule_for(module).grad_sample(copy.deepcopy(module).double(), LayerInput.of(x64), g.double(), trainable_locals(module))
         assert_matches_rule(got, rule, F32, *feed)
 
 

@@ -8,6 +8,7 @@ from hypothesis import assume, given, settings, strategies as st
 from torch import nn
 
 from .kernel_checks import DEVICE, DTYPES, assert_matches_rule, assert_method_matches_reference, poisoned_outputs
+from persample.rules import LayerInput, trainable_locals
 from persample.kernels.norms import channel_norm_grads, row_norm_grads
 from persample.rules.norms import NormRule
 
@@ -23,7 +24,7 @@ def check_kernel(kernel, layer, x, dtype, **options):
     out = poisoned_outputs(layer, x.shape[0])
     got = kernel(layer, x, g, out=out, **options)
     assert set(got) == set(out) and all(got[name] is out[name] for name in out)
-    assert_matches_rule(got, NormRule.grad_sample(copy.deepcopy(layer).double(), x.double(), g.double()), dtype)
+    assert_matches_rule(got, NormRule.grad_sample(copy.deepcopy(layer).double(), LayerInput.of(x.double()), g.double(), trainable_locals(layer)), dtype)
 
 
 @settings(max_examples=20, deadline=None)

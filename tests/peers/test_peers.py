@@ -9,10 +9,6 @@ import torch
 from torch import nn
 
 import persample
-import persample.methods.builtin  # noqa: F401  (built-ins register first: registry order is display order)
-import persample.methods.backpack  # noqa: F401  (registers the peers)
-import persample.methods.opacus  # noqa: F401
-import persample.methods.torch_ew  # noqa: F401
 from persample import Unsupported
 from persample.conformance.assertions import assert_grads_close, assert_samples_equal
 from persample.conformance.snapshot import HOOK_DICTS, ModelSnapshot

@@ -8,11 +8,7 @@ from pathlib import Path
 
 from persample.conformance.records import SCHEMA as CONFORMANCE_SCHEMA
 from persample.report.data import BenchRow
-
-COLUMNS = (
-    "machine device gpu workload size batch_size dtype method variant status reason median_s spread_s "
-    "peak_memory_bytes baseline_s baseline_memory_bytes floor_s floor_bytes floor_flops source commit date"
-).split()
+from persample.results_schema import COLUMNS
 H100 = "NVIDIA H100 80GB HBM3"
 
 

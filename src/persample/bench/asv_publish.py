@@ -73,6 +73,9 @@ def _asv_config(repo: Path, config: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m persample.bench.asv_publish discover [--config asv.conf.json]`: saves benchmarks.json of this
+    environment's suites; returns the exit status 0.
+    """
     parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -26,6 +26,7 @@ def _finite(value) -> bool:
 
 
 def read_machine(directory: Path) -> Machine:
+    """The `Machine` (name, device type, GPU name) that asv's machine.json in `directory` describes."""
     info = json.loads((directory / "machine.json").read_text())
     return Machine(info["machine"], info.get("device") or "cpu", info.get("gpu") or "")
 

@@ -33,6 +33,9 @@ class AsvCase:
         self.prepared, self.kind = prepared, kind
 
     def run(self) -> None:
+        """One step of the prepared case (what asv times); a failure is written to the outcomes log, then
+        raised.
+        """
         try:
             self.prepared.run()
         except Exception as error:
@@ -40,6 +43,9 @@ class AsvCase:
             raise
 
     def peak_memory(self) -> int:
+        """The case's peak memory in bytes (`PreparedCase.peak_memory`); a failure is written to the outcomes
+        log, then raised.
+        """
         try:
             return self.prepared.peak_memory()
         except Exception as error:
@@ -70,4 +76,7 @@ def timed_case(*params) -> AsvCase:
 
 
 def measured_case(*params) -> AsvCase:
+    """The prepared case of asv's `params` with its peak memory measured (kind 'memory'). Raises asv's
+    SkipNotImplemented, with the recorded reason, for a case skipped here.
+    """
     return open_case("memory", params, measure_memory=True)

@@ -20,17 +20,15 @@ from pathlib import Path
 from .asv_results import read_asv_results
 from .calibration import Calibration, load_latest
 from .floor import floor_for
-from .observations import KEY_COLUMNS, Observation
+from ..results_schema import COLUMNS, KEY_COLUMNS  # the table's one definition
+from .observations import Observation
 from .pytest_results import read_pytest_benchmark
-
-COLUMNS = [
-    "machine", "device", "gpu", "workload", "size", "batch_size", "dtype", "method", "variant", "status",
-    "reason", "median_s", "spread_s", "peak_memory_bytes", "baseline_s", "baseline_memory_bytes", "floor_s",
-    "floor_bytes", "floor_flops", "source", "commit", "date",
-]
 
 
 def latest(observations: Iterable[Observation]) -> dict[tuple, Observation]:
+    """The latest observation per `Observation.key` (machine, GPU, case); at equal dates asv's wins over pytest-
+    benchmark's.
+    """
     chosen: dict[tuple, Observation] = {}
     for observation in sorted(observations, key=lambda o: (o.date, o.source == "asv")):
         chosen[observation.key] = observation
@@ -38,15 +36,25 @@ def latest(observations: Iterable[Observation]) -> dict[tuple, Observation]:
 
 
 def floor_columns(observation: Observation, calibration: Calibration | None) -> dict:
+    """The roofline floors of the observation's case: floor_s (the warm floor) and fresh_floor_s (the
+    fresh-output floor), in seconds (None without a calibration, or for the fresh one a calibration
+    that predates the fresh-write rate), floor_bytes, floor_flops; {} for a workload this version no
+    longer has.
+    """
     try:
         floor = floor_for(observation.case)
     except ValueError:  # a workload this version of persample no longer has
         return {}
-    seconds = calibration and floor.seconds(calibration.bandwidth, calibration.throughput(observation.case.mode))
-    return {"floor_s": seconds, "floor_bytes": floor.bytes, "floor_flops": floor.flops}
+    throughput = calibration and calibration.throughput(observation.case.mode)
+    seconds = calibration and floor.seconds(calibration.bandwidth, throughput)
+    fresh = calibration and floor.fresh_seconds(calibration.bandwidth, calibration.fresh_write, throughput)
+    return {"floor_s": seconds, "fresh_floor_s": fresh, "floor_bytes": floor.bytes, "floor_flops": floor.flops}
 
 
 def row(observation: Observation, baseline: Observation | None, calibration: Calibration | None) -> dict:
+    """One row of results.csv (the `COLUMNS`): the observation, its baseline's time (s) and peak memory
+    (bytes), and the roofline floor.
+    """
     machine, case = observation.machine, observation.case
     return {
         "machine": machine.name, "device": machine.device, "gpu": machine.gpu, "workload": case.workload,
@@ -62,6 +70,9 @@ def row(observation: Observation, baseline: Observation | None, calibration: Cal
 
 
 def rows(observations: Iterable[Observation], calibrations: dict[str, Calibration]) -> list[dict]:
+    """The results table: one row per latest observation of a method (baselines are columns of their methods'
+    rows, not rows), sorted by key.
+    """
     chosen = latest(observations)
     table = []
     for key in sorted(chosen, key=str):
@@ -99,6 +110,7 @@ def merge(kept: list[dict], fresh: list[dict]) -> list[dict]:
 
 
 def write_csv(table: list[dict], out: Path) -> None:
+    """Write `table` to `out` with the `COLUMNS` header, None as empty cells (creating the directory)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)

@@ -13,7 +13,7 @@ DEFAULT_PYTEST_JSON = "reports/pytest-benchmark/*.json"
 
 def _bench(args: argparse.Namespace) -> int:
     from .asv_publish import publish
-    from .runner import BenchOptions, repo_root, run_bench
+    from .asv_run import BenchOptions, repo_root, run_bench
 
     if args.publish_only:
         return publish(repo_root(), args.config)
@@ -36,6 +36,9 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `persample bench` (asv on this commit) and `persample collect` (every machine's results into
+    results.csv) to `subparsers`.
+    """
     bench = subparsers.add_parser("bench", help="run the asv benchmarks for the current commit on this machine")
     bench.add_argument("--quick", action="store_true", help="a few cases (mlp, mnist_cnn), each run once")
     bench.add_argument("--grid", choices=sorted(GRIDS), default=None,

@@ -31,17 +31,23 @@ import torch
 
 
 class Probe(Protocol):
-    def start(self) -> None: ...
+    """Measures peak memory: `start()`, run, then `stop()` returns the peak bytes above the level at start."""
+
+    def start(self) -> None:
+        """Record the current level (after collecting garbage)."""
 
     def stop(self) -> int:
         """Peak bytes above the level at `start`."""
 
 
 class CudaAllocatorProbe:
+    """Peak bytes torch's CUDA caching allocator handed out on `device` between start and stop."""
+
     def __init__(self, device: torch.device) -> None:
         self.device, self.base = device, 0
 
     def start(self) -> None:
+        """Synchronise, empty the cache, reset the peak and record the allocated bytes."""
         gc.collect()
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
@@ -49,6 +55,7 @@ class CudaAllocatorProbe:
         self.base = torch.cuda.memory_allocated(self.device)
 
     def stop(self) -> int:
+        """Peak allocated bytes since start, above the level at start."""
         torch.cuda.synchronize(self.device)
         return torch.cuda.max_memory_allocated(self.device) - self.base
 
@@ -65,9 +72,11 @@ class JaxDeviceProbe:
         return jax.devices("gpu")[self.index].memory_stats() or {}
 
     def start(self) -> None:
+        """Record XLA's current bytes in use on the device."""
         self.base = self._stats().get("bytes_in_use", 0)
 
     def stop(self) -> int:
+        """XLA's peak bytes in use above the level at start (its peak is since the process started)."""
         return max(self._stats().get("peak_bytes_in_use", 0) - self.base, 0)
 
 
@@ -87,16 +96,20 @@ def _quiet_stderr() -> Iterator[None]:
 
 
 class TorchCpuProbe:
+    """Peak bytes of torch's CPU allocations between start and stop, from the profiler's memory events."""
+
     def __init__(self) -> None:
         self.profile: torch.profiler.profile | None = None
 
     def start(self) -> None:
+        """Start a memory-profiling torch.profiler session."""
         gc.collect()
         self.profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
         with _quiet_stderr():
             self.profile.__enter__()
 
     def stop(self) -> int:
+        """End the session; the peak of live bytes over its allocation and free events."""
         with _quiet_stderr():
             self.profile.__exit__(None, None, None)
         events = [
@@ -111,6 +124,10 @@ class TorchCpuProbe:
 
 
 class ResidentSetProbe:
+    """Peak resident set growth of this process (Linux /proc: VmHWM reset, then VmHWM - VmRSS at start); counts
+    every allocator, JAX's on the CPU included.
+    """
+
     def __init__(self) -> None:
         self.base = 0
 
@@ -120,6 +137,7 @@ class ResidentSetProbe:
             return int(re.search(rf"^{field_name}:\s+(\d+) kB", status.read(), re.M).group(1)) * 1024
 
     def start(self) -> None:
+        """Collect garbage, trim malloc, reset the high-water mark and record the resident set."""
         gc.collect()
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as refs:
@@ -127,6 +145,7 @@ class ResidentSetProbe:
         self.base = self._status("VmRSS")
 
     def stop(self) -> int:
+        """Bytes the resident set's high-water mark rose since start."""
         return self._status("VmHWM") - self.base
 
 
@@ -138,14 +157,20 @@ class Meter:
     probes: list = field(default_factory=list)
 
     def start(self) -> None:
+        """Start every probe."""
         for probe in self.probes:
             probe.start()
 
     def stop(self) -> int:
+        """The sum of the probes' peaks, in bytes."""
         return sum(probe.stop() for probe in self.probes)
 
 
 def meter_for(device: torch.device, framework: str) -> Meter:
+    """The probes for a `framework` ('torch' or 'jax') method on `device`: CUDA's allocator (and XLA's for jax)
+    from before prepare on a GPU; torch's CPU profiler from before prepare; the resident set over one
+    step for jax on the CPU.
+    """
     if device.type == "cuda":
         probes = [CudaAllocatorProbe(device)] + ([JaxDeviceProbe(device)] if framework == "jax" else [])
         return Meter("prepare", probes)

@@ -23,7 +23,7 @@ from .collect import collect
 from .commands import DEFAULT_PYTEST_JSON
 from .outcomes import COMMIT_ENV, FILENAME as OUTCOMES, OUTCOMES_ENV
 from .asv_publish import publish
-from .runner import asv, asv_config, head_commit, repo_root
+from .asv_run import asv, asv_config, head_commit, repo_root
 from .timing import threading_env
 
 NIGHTLY_CONFIG = "asv.nightly.conf.json"
@@ -62,6 +62,10 @@ def install_accelerator() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m persample.bench.nightly run [--config ...] [--copy-html-to DIR] [--recalibrate]` (benchmark
+    HEAD, publish asv's HTML, collect the table) or `install-accelerator` (asv's install step:
+    jax[cuda12] where CUDA is present); returns the exit status.
+    """
     parser = argparse.ArgumentParser(prog="python -m persample.bench.nightly", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -7,8 +7,6 @@ from datetime import datetime, timezone
 from .grid import Case
 
 STATUSES = ("ok", "skipped", "failed")
-# The columns of the table's key, in the order of `Observation.key`.
-KEY_COLUMNS = ("machine", "gpu", "workload", "size", "batch_size", "dtype", "method", "variant")
 
 
 @dataclass(frozen=True)
@@ -22,6 +20,11 @@ class Machine:
 
 @dataclass(frozen=True)
 class Observation:
+    """One timed (or skipped, failed) benchmark case on one machine, from asv or pytest-benchmark: `status`,
+    its `reason`, the median and interquartile range of a step in seconds, peak memory in bytes, and the
+    commit and date (ISO 8601 UTC) it ran at.
+    """
+
     machine: Machine
     case: Case
     source: str  # "asv" or "pytest-benchmark"
@@ -35,10 +38,11 @@ class Observation:
 
     @property
     def key(self) -> tuple:
-        """One row of the table per key: the values of `KEY_COLUMNS`."""
+        """One row of the table per key: the values of `results_schema.KEY_COLUMNS`, in that order."""
         c = self.case
         return (self.machine.name, self.machine.gpu, c.workload, c.size, c.batch_size, c.mode, c.method, c.variant)
 
 
 def iso_from_millis(millis: float) -> str:
+    """Milliseconds since the Unix epoch (asv's dates) as ISO 8601 UTC text, to the second."""
     return datetime.fromtimestamp(millis / 1000, timezone.utc).isoformat(timespec="seconds")

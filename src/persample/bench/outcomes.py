@@ -26,11 +26,15 @@ def current_commit() -> str:
 
 
 def entry(case: Case, kind: str, status: str, reason: str, commit: str) -> dict:
+    """One line of the outcomes log: the case's fields, `kind` (what was measured), `status`, `reason`,
+    `commit` and the current UTC time.
+    """
     return {**asdict(case), "kind": kind, "status": status, "reason": reason, "commit": commit,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def append(path: Path, entries: list[dict]) -> None:
+    """Append `entries` to the JSON-lines log `path` (creating its directory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as log:
         log.write("".join(json.dumps(e) + "\n" for e in entries))
@@ -50,6 +54,7 @@ def describe(error: BaseException) -> str:
 
 
 def outcome_key(commit: str, case: Case, kind: str) -> tuple:
+    """(commit, the case's fields, kind): one outcome per key, the latest line winning."""
     return (commit, *(getattr(case, f) for f in CASE_FIELDS), kind)
 
 

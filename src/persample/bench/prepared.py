@@ -50,6 +50,8 @@ class PreparedCase:
             if from_prepare:
                 self._start_meter()
             self.step = self.method.prepare(self.model, self.loss_fn, (self.inputs, self.targets))
+            if case.variant == "reuse":  # results overwritten by the next step (`PreparedStep.reuse_outputs`)
+                self.step.reuse_outputs()
             self.warmup_steps = 0 if from_prepare else warm_up(self.run)
         except BaseException:
             self.close()

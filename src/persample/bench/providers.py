@@ -1,5 +1,5 @@
-"""What a case runs: a registered method as is ("eager"), its CUDA-graph capture ("captured"), or
-the non-private `baseline`, each as a `Method` whose prepared step is what the benchmarks time."""
+"""What a case runs: a registered method as is ("eager"), its CUDA-graph capture ("captured"), its
+step writing into kept output buffers ("reuse"), or the non-private `baseline`, each as a `Method` whose prepared step is what the benchmarks time."""
 from __future__ import annotations
 
 import torch
@@ -34,6 +34,8 @@ class Baseline(Method):
 
 
 def eager(name: str) -> Method:
+    """The method benchmarked as `name`: the baseline (plain training: one batch forward and backward
+    of the mean loss) for `BASELINE`, else the registered method. Raises `ValueError` for an unknown name."""
     return Baseline() if name == BASELINE else get(name)
 
 
@@ -49,7 +51,20 @@ def captured(name: str) -> Method:
     return Captured(name)
 
 
-VARIANT_BUILDERS = {"eager": eager, "captured": captured}
+def reusing(name: str) -> Method:
+    """The method whose prepared step will reuse its output buffers (`PreparedStep.reuse_outputs`,
+    switched on by `PreparedCase`). Raises `Unsupported` for the baseline and for a method that
+    does not offer it."""
+    if name == BASELINE:
+        raise Unsupported("the baseline is timed eagerly only; it is the reference for every variant", method=name)
+    method = get(name)
+    if not method.reuses_outputs:
+        raise Unsupported("does not write into reused output buffers; reuse is offered by hooks and expand",
+                          method=name)
+    return method
+
+
+VARIANT_BUILDERS = {"eager": eager, "captured": captured, "reuse": reusing}
 
 
 def provider_for(case: Case) -> Method:

@@ -14,6 +14,9 @@ CALIBRATIONS = Path("reports") / "asv" / "results"
 
 
 def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
+    """pytest-benchmark hook: adds persample's machine identity and its latest calibration (or None) under
+    machine_info['persample'].
+    """
     identity = identify(default_device())
     calibration = load_latest(Path(config.rootpath) / CALIBRATIONS, identity["name"])
     identity["calibration"] = asdict(calibration) if calibration else None
@@ -21,4 +24,7 @@ def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json: dict) -> None:
+    """pytest-benchmark hook: records the cases this session did not run, with their reasons, as
+    'persample_not_run'.
+    """
     output_json["persample_not_run"] = list(NOT_RUN)

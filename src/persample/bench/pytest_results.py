@@ -12,6 +12,9 @@ from .outcomes import CASE_FIELDS
 
 
 def machine_of(data: dict) -> Machine:
+    """The `Machine` of a pytest-benchmark JSON file. Raises `ValueError` when it lacks persample's machine
+    identity.
+    """
     identity = data.get("machine_info", {}).get("persample")
     if not identity:
         raise ValueError("no persample machine identity in machine_info (was tests/bench/conftest.py loaded?)")
@@ -19,6 +22,7 @@ def machine_of(data: dict) -> Machine:
 
 
 def calibration_of(data: dict) -> Calibration | None:
+    """The `Calibration` stored in a pytest-benchmark JSON file, or None."""
     stored = data.get("machine_info", {}).get("persample", {}).get("calibration")
     return Calibration(**stored) if stored else None
 

@@ -28,15 +28,21 @@ LOOP_MAX_BATCH = 1024
 
 @dataclass(frozen=True)
 class Context:
+    """A benchmark case and the device it would run on, with its dtype and its model built on the meta device
+    (no memory) for the skip rules.
+    """
+
     case: Case
     device: torch.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the case's mode."""
         return get_mode(self.case.mode).dtype
 
     @property
     def model(self) -> nn.Module:
+        """The case's model on the meta device, in the case's dtype."""
         return meta_model(self.case.workload, self.case.size, self.dtype)
 
 
@@ -51,12 +57,14 @@ def meta_model(workload: str, size: str, dtype: torch.dtype) -> nn.Module:
 
 
 def device_memory_bytes(device: torch.device) -> int:
+    """Total memory of `device` in bytes: the GPU's, or the machine's physical memory for the CPU."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def variant_exists(context: Context) -> str | None:
+    """Why the case's method or variant (e.g. CUDA-graph capture) cannot be built here, or None."""
     try:
         provider_for(context.case)
     except Unsupported as refused:
@@ -67,10 +75,12 @@ def variant_exists(context: Context) -> str | None:
 
 
 def mode_on_device(context: Context) -> str | None:
+    """Why the case's mode is not offered on the device (e.g. TF32 on a CPU), or None."""
     return get_mode(context.case.mode).unsupported_reason(context.device)
 
 
 def capabilities(context: Context) -> str | None:
+    """The reason of the method's declared refusal of the case's model, device and dtype, or None."""
     problem = provider_for(context.case).problem(context.model, context.device, context.dtype)
     return None if problem is None else problem.reason
 
@@ -81,6 +91,9 @@ def interpreted_kernels(context: Context) -> str | None:
 
 
 def loop_cap(context: Context) -> str | None:
+    """A skip of `loop` at batch sizes of LOOP_MAX_BATCH (1024) and more, whose time is B times the B=1 time;
+    else None.
+    """
     case = context.case
     if case.method == "loop" and case.batch_size >= LOOP_MAX_BATCH:
         return f"loop at B>={LOOP_MAX_BATCH} takes minutes; its time is B x the B=1 time"
@@ -88,6 +101,9 @@ def loop_cap(context: Context) -> str | None:
 
 
 def memory_budget(context: Context) -> str | None:
+    """Why B per-sample gradients (B x trainable parameters x itemsize bytes) would exceed MEMORY_SHARE (40%)
+    of the device's memory, or None; the baseline is never skipped.
+    """
     case = context.case
     params = sum(p.numel() for p in context.model.parameters() if p.requires_grad)
     needed = case.batch_size * params * get_mode(case.mode).itemsize

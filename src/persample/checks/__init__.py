@@ -8,8 +8,10 @@ from .loss import check_loss_per_sample
 from .observed import check_observed
 from .layout import probe_batch_layout
 from .numeric import definition_check, verify_answer, weighted_identity
+from .alone import samples_alone, whole_batch_gradients
 
 __all__ = [
     "CHECK_SAMPLES", "CheckContext", "CheckReport", "check_loss_per_sample", "check_observed",
-    "definition_check", "probe_batch_layout", "verify_answer", "weighted_identity",
+    "definition_check", "probe_batch_layout", "samples_alone", "verify_answer", "weighted_identity",
+    "whole_batch_gradients",
 ]

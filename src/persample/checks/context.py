@@ -38,6 +38,7 @@ class CheckReport:
     seconds: float = 0.0
 
     def describe(self) -> str:
+        """One line: the checks that ran, their cost in milliseconds, and those skipped with why."""
         skipped = "; ".join(f"{name}: {why}" for name, why in self.skipped.items())
         return f"checks {', '.join(self.ran) or 'none'} in {self.seconds * 1e3:.1f} ms" + (f" (skipped {skipped})" if skipped else "")
 
@@ -99,10 +100,12 @@ class CheckContext:
 
     @property
     def batch_size(self) -> int:
+        """The number of check rows (samples the checks use)."""
         return self.check_targets.shape[0]
 
     @property
     def params(self) -> dict[str, nn.Parameter]:
+        """The check model's trainable parameters by name."""
         return trainable_parameters(self.check_model)
 
     @contextmanager
@@ -136,12 +139,15 @@ class CheckContext:
         return observe(self.model, self.loss_fn, self.check_call, self.check_targets, capture=self.capture, watch=False)
 
     def ran(self, name: str) -> None:
+        """Record that the check `name` ran."""
         self.report.ran.append(name)
 
     def skipped(self, name: str, why: str) -> None:
+        """Record that the check `name` was skipped, and `why`."""
         self.report.skipped[name] = why
 
     def finish(self) -> CheckReport:
+        """Release the tensors the checks held; returns the `CheckReport`."""
         self.release()
         return self.report
 

@@ -16,9 +16,9 @@ import torch
 
 from ..assumptions import MATCHES_DEFINITION
 from ..errors import StaleStep
+from ..modes import MODES, mode_name
 from ..reference import VANISHING_FRACTION
 
-TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 FIX = ("the model behaves otherwise than on the batch this step was prepared with (a branch on the "
        "batch's values, or an attribute changed since): prepare again on this batch, or use vmap, jax or loop")
 
@@ -35,6 +35,9 @@ class BatchResidual:
 
     @torch.no_grad()
     def account(self, param: torch.Tensor, summed: torch.Tensor) -> None:
+        """Subtract `summed`, what a rule says `param`'s per-sample gradients sum to over one call, from
+        autograd's batch gradient.
+        """
         key = id(param)
         if self.left[key] is None:
             self.left[key] = -summed.to(self.dtype[key])
@@ -42,6 +45,10 @@ class BatchResidual:
             self.left[key].sub_(summed.to(self.left[key].dtype))
 
     def check(self, method: str) -> None:
+        """Raise `StaleStep` (assumption matches-definition) naming the parameter whose remaining gradient
+        exceeds the guard's tolerance of its dtype, relative to its batch gradient's norm (small
+        norms floored at a fraction of the largest).
+        """
         names, left, scale = [], [], []
         for key, remaining in self.left.items():
             if remaining is None:
@@ -65,9 +72,13 @@ class BatchResidual:
 
 
 def _tolerance(dtype: torch.dtype) -> float:
-    tolerance = TOLERANCE.get(dtype, 5e-2)
+    """The guard's tolerance (`Tolerances.guard` in `persample.modes`) for a parameter in `dtype`:
+    its precision's, bfloat16's for a dtype without a mode or under autocast (which may compute in it)."""
+    loosest = MODES["bfloat16"].tolerances.guard
+    mode = MODES.get(mode_name(dtype))
+    tolerance = mode.tolerances.guard if mode is not None else loosest
     if torch.is_autocast_enabled("cpu") or (torch.cuda.is_available() and torch.is_autocast_enabled("cuda")):
-        tolerance = max(tolerance, TOLERANCE[torch.bfloat16])
+        tolerance = max(tolerance, loosest)
     return tolerance
 
 
@@ -87,7 +98,7 @@ def check_sum_against_autograd(model: torch.nn.Module, loss_fn, call, targets: t
                                grads: dict[str, torch.Tensor], method: str) -> None:
     """The guard of a method that does not check itself (a peer, a plugin) when `auto` runs it:
     Σᵢ gᵢ against autograd's gradient of the summed loss on this very batch (one more forward and
-    backward), within `TOLERANCE` of the parameter's norm (the vanishing floor as in `BatchResidual`).
+    backward), within the guard tolerance (`persample.modes`) of the parameter's norm (the vanishing floor as in `BatchResidual`).
     Raises `StaleStep` so that `auto` chooses again on this batch, where its checks see the fault."""
     from ..contract import trainable_parameters
     from ..gradients import gradients

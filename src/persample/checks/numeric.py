@@ -75,8 +75,10 @@ def _judge(context: CheckContext, got: dict, want: dict, what: str, hint: str) -
 
 def verify_answer(context: CheckContext, method) -> None:
     """For a method that does not check itself (a peer, a plugin): its answer on the whole example
-    batch, the check rows against their gradients alone. Raises `Unsupported` when it disagrees, or when it
-    cannot be verified because the forward draws random numbers."""
+    batch, the check rows against their gradients alone, and Σᵢ wᵢ gᵢ over every row against
+    ∂(Σᵢ wᵢ ℓᵢ)/∂θ (one more forward and backward of the batch: a coupling of rows past the check
+    rows fails it for a method that reads sample i off the batch). Raises `Unsupported` when it
+    disagrees, or when it cannot be verified because the forward draws random numbers."""
     with context.checking():
         if context.observation().draws_random_numbers:
             raise refusal(Finding("cannot be verified on this model: its forward draws random numbers (dropout in "
@@ -84,5 +86,8 @@ def verify_answer(context: CheckContext, method) -> None:
                           MATCHES_DEFINITION.id, method.name)
         step = method.prepare(context.model, context.loss_fn, (context.full_call, context.full_targets))
         rows = torch.tensor(context.rows)
-        per_sample = {n: g[rows.to(g.device)] for n, g in step(context.full_call, context.full_targets).items()}
-        definition_check(context, per_sample)
+        whole = step(context.full_call, context.full_targets)
+        definition_check(context, {n: g[rows.to(g.device)] for n, g in whole.items()})
+        with preserved(context.model), torch.enable_grad():  # every row: a coupling past the check rows
+            losses = context.loss_fn(context.full_call.call(context.model), context.full_targets)
+            weighted_identity(context, whole, losses)

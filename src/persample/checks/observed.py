@@ -62,6 +62,9 @@ def differentiates(observed: Observation) -> Finding | None:
 
 
 def no_grad_region(observed: Observation) -> Finding | None:
+    """A `Finding` when part of the forward runs under torch.no_grad() (the JAX translation would differentiate
+    through it), else None.
+    """
     if observed.no_grad_regions:
         return Finding(
             f"part of the forward runs under torch.no_grad() (in {observed.no_grad_regions[0]}), which the "
@@ -71,6 +74,9 @@ def no_grad_region(observed: Observation) -> Finding | None:
 
 
 def custom_function(observed: Observation) -> Finding | None:
+    """A `Finding` naming the first custom autograd Function the forward applies (its hand-written backward
+    would be replaced by the derivative of its forward), else None.
+    """
     for function, where in observed.autograd_functions.items():
         return Finding(
             f"the forward applies the custom autograd Function {_name(function)} (in {where}), whose "

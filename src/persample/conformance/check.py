@@ -26,6 +26,9 @@ class ReferenceCache:
         self._references: dict[tuple, dict[str, torch.Tensor]] = {}
 
     def seed(self, workload: Workload) -> int:
+        """The workload's batch seed: the first that keeps ReLU inputs away from the kink
+        (`conditioning.well_conditioned_seed`), cached.
+        """
         if workload.name not in self._seeds:
             self._seeds[workload.name] = well_conditioned_seed(workload, self.batch_size)
         return self._seeds[workload.name]

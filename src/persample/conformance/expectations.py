@@ -20,11 +20,18 @@ KINDS = ("right", "refused", "error")
 
 @dataclass(frozen=True)
 class Expected:
+    """What a method must do on a workload: be right ('right'), refuse naming an assumption ('refused:<id>') or
+    raise ('error:<ErrorClass>').
+    """
+
     kind: str  # "right" | "refused" | "error"
     detail: str | None = None  # the assumption id, or the error's class name
 
     @classmethod
     def parse(cls, text: str, where: str) -> Expected:
+        """The `Expected` written as `text` in expected_outcomes.toml. Raises `ValueError` (naming `where`) for
+        another form or an unknown assumption id.
+        """
         kind, _, detail = text.partition(":")
         if kind not in KINDS or (kind != "right" and not detail):
             raise ValueError(f"{where}: {text!r} is not 'right', 'refused:<assumption>' or 'error:<Error>'")
@@ -46,17 +53,24 @@ class Expected:
 
 @dataclass(frozen=True)
 class Expectations:
+    """expected_outcomes.toml as a table: {workload: {'<method>' or '<method>@<mode>': Expected}}."""
+
     table: dict[str, dict[str, Expected]]
 
     def get(self, method: str, workload: str, mode: str) -> Expected | None:
+        """What `method` must do on `workload` in `mode`: the mode's own entry, else the method's, else None."""
         row = self.table.get(workload, {})
         return row.get(f"{method}@{mode}") or row.get(method)
 
     def methods(self) -> set[str]:
+        """Every method name the table mentions."""
         return {key.partition("@")[0] for row in self.table.values() for key in row}
 
 
 def load_expectations(path: Path = PACKAGED) -> Expectations:
+    """The expectations table of `path` (default: the packaged expected_outcomes.toml). Raises `ValueError` for
+    an entry of an unknown form.
+    """
     raw = tomllib.loads(Path(path).read_text())
     return Expectations({
         workload: {key: Expected.parse(value, f"{path} [{workload}] {key}") for key, value in row.items()}

@@ -29,16 +29,25 @@ cannot batch (some only under autocast) is a limit of the library, not a false a
 
 @dataclass(frozen=True)
 class Verdict:
+    """What the gate makes of one cell's record: 'pass', 'fail', 'xfail' (a known deviation) or 'skip', with a
+    message.
+    """
+
     kind: str  # "pass" | "fail" | "xfail" | "skip"
     message: str = ""
 
 
 def covering(deviations: list[Deviation], method: str, check: str, workload: str, mode: str, device: str) -> Deviation | None:
+    """The first known deviation that covers `method`'s `check` on `workload` in `mode` on `device`, or None."""
     return next((d for d in deviations if d.covers(method, check, workload, mode, device)), None)
 
 
 def verdict(record: Record, breaks: frozenset[str], peer: bool, expectations: Expectations,
             deviations: list[Deviation]) -> Verdict:
+    """The gate's `Verdict` on one record: the reference is skipped; a workload that breaks loss-per-sample or
+    samples-independent must be refused; then the expectations table, the known deviations (peers are
+    held strictly to them), a pass, an allowed refusal, else fail.
+    """
     what = f"{record.id}: {record.outcome}" + (f" ({record.reason})" if record.reason else "")
     if record.outcome == "reference":
         return Verdict("skip", "the float64 loop is the reference itself: comparing it with itself checks nothing")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..modes import MODES
+
 if TYPE_CHECKING:  # the CLI reads the spellings without importing pytest
     import pytest
 
@@ -17,6 +19,10 @@ PREFIX = "persample-"
 
 @dataclass(frozen=True)
 class Option:
+    """One command-line option of the conformance suite, spelt `--persample-<name>` as a plugin and `--<name>`
+    in this repository.
+    """
+
     name: str
     help: str
     metavar: str
@@ -42,7 +48,7 @@ OPTIONS = (
     Option("method", "method to check (repeatable): a registered name, or module:object (or path/to/file.py:object) "
                      "to register your own; default: every registered method", "NAME|module:object", repeatable=True),
     Option("workload", "workload to check (repeatable); default: every workload", "NAME", repeatable=True),
-    Option("mode", "float64|float32|tf32|bfloat16|float16|autocast-bf16, or 'all' (repeatable); default: float32 and "
+    Option("mode", f"{'|'.join(MODES)}, or 'all' (repeatable); default: float32 and "
                    "one reduced-precision mode per family (the CI profile)", "MODE", repeatable=True),
     Option("device", "cpu or cuda (default: cuda when present)", "DEVICE"),
     Option("results", "where the results go: a file ending in .json, or a directory that gets <machine>.json "

@@ -44,10 +44,14 @@ __all__ = [
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """pytest hook: adds the conformance suite's options (`--persample-method`, ...)."""
     add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """pytest hook: registers the suite's markers and, in the controlling process, the writer of the results
+    file.
+    """
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     if not hasattr(config, "workerinput"):  # the controller, or a run without xdist

@@ -11,6 +11,11 @@ SCHEMA = "persample.conformance/2"
 
 @dataclass
 class Record:
+    """One conformance cell's outcome as written to reports/conformance/<machine>.json: pass, fail,
+    unsupported, error or reference, with the measured relative errors against the tolerance, the
+    refusal's reason and assumption, and the gate's verdict.
+    """
+
     id: str
     method: str
     workload: str
@@ -37,6 +42,7 @@ class Record:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
+        """The record as a JSON-ready dict."""
         return asdict(self)
 
 

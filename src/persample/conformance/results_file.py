@@ -10,7 +10,7 @@ import pytest
 from ..machine import machine_info
 from . import choices
 from .records import write_results
-from .summary import summarize
+from .terminal_summary import terminal_summary
 
 PROPERTY = "conformance"  # the user property under which a cell's test reports its record
 
@@ -24,20 +24,25 @@ class ResultsFile:
         self.path: Path | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """pytest hook: keep the conformance record a cell's test attached to its call phase."""
         record = dict(report.user_properties).get(PROPERTY)
         if record is not None and report.when == "call":
             self.records.append(record)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """pytest hook: write the session's records to this machine's results file
+        (reports/conformance/<machine>.json unless --results says otherwise).
+        """
         if not self.records:
             return
         machine = machine_info(choices.device(self.config))
         self.path = write_results(self.records, choices.results_path(self.config, machine["name"]), machine)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
+        """pytest hook: print the summary of the records and where they were written."""
         if not self.records:
             return
-        for line in summarize(self.records):
+        for line in terminal_summary(self.records):
             terminalreporter.write_line(line)
         if self.path is not None:
             terminalreporter.write_line(f"conformance results written to {self.path}")

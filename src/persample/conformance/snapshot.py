@@ -11,6 +11,10 @@ from ..state import HOOK_DICTS, same_values
 
 @dataclass
 class ModelSnapshot:
+    """What a method must leave as it found it: a model's values, .grad tensors and their identities,
+    parameters, train/eval modes, hooks, attributes and requires_grad flags.
+    """
+
     values: dict[str, torch.Tensor]
     grads: dict[str, torch.Tensor | None]
     grad_ids: dict[str, int | None]
@@ -23,6 +27,7 @@ class ModelSnapshot:
 
     @classmethod
     def of(cls, model: nn.Module) -> "ModelSnapshot":
+        """The snapshot of `model` now (values cloned)."""
         params = dict(model.named_parameters())
         return cls(
             values={k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},

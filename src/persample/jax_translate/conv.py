@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import conv_padding_amounts, padding_amounts
 from .numerics import accumulator
 from .vocabulary import translates, translates_layer
 
@@ -20,17 +21,8 @@ PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
 def ntuple(value, n: int) -> tuple[int, ...]:
+    """`value` as an n-tuple: a tuple or list as it is, a single int repeated n times."""
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
-
-
-def conv_padding(padding, kernel: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
-    """(low, high) per spatial dim for numeric, "valid" or "same" padding, as torch pads."""
-    if padding == "valid":
-        return tuple((0, 0) for _ in kernel)
-    if padding == "same":
-        totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
-        return tuple((t // 2, t - t // 2) for t in totals)
-    return tuple((p, p) for p in ntuple(padding, len(kernel)))
 
 
 def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -40,7 +32,7 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     x = x[None] if unbatched else x
     dilation = ntuple(dilation, n)
     pads = padding if isinstance(padding, tuple) and isinstance(padding[0], tuple) else (
-        conv_padding(padding, weight.shape[2:], dilation))
+        conv_padding_amounts(padding, weight.shape[2:], dilation))
     spatial = "DHW"[-n:]
     y = jax.lax.conv_general_dilated(
         x, weight, ntuple(stride, n), pads, rhs_dilation=dilation, feature_group_count=groups,
@@ -62,6 +54,9 @@ def pad_spatial(x, pads: tuple[tuple[int, int], ...], mode: str):
 
 
 def apply_conv(weights, x, *, stride, pads, dilation, groups, padding_mode):
+    """An nn.ConvNd's forward on `weights` ({'weight', optional 'bias'}): a non-zero `padding_mode` pads
+    explicitly first; returns (N, C_out, *spatial_out).
+    """
     if padding_mode != "zeros":
         x, pads = pad_spatial(x, pads, padding_mode), tuple((0, 0) for _ in pads)
     return conv(x, weights["weight"], weights.get("bias"), stride, pads, dilation, groups)
@@ -69,13 +64,19 @@ def apply_conv(weights, x, *, stride, pads, dilation, groups, padding_mode):
 
 @translates_layer(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def conv_layer(module: nn.modules.conv._ConvNd):
-    pads = conv_padding(module.padding, module.kernel_size, module.dilation)
+    """The translation of an nn.Conv1d/2d/3d: `apply_conv` with the module's stride, padding amounts, dilation,
+    groups and padding mode bound.
+    """
+    pads = padding_amounts(module)
     return partial(apply_conv, stride=tuple(module.stride), pads=pads, dilation=tuple(module.dilation),
                    groups=module.groups, padding_mode=module.padding_mode)
 
 
 @translates(F.pad)
 def pad(x, pad, mode="constant", value=None):
+    """torch's F.pad: `pad` lists (low, high) pairs from the last dim backwards; mode constant (with `value`,
+    default 0), reflect, replicate or circular. Returns the padded array.
+    """
     pairs = tuple((pad[i], pad[i + 1]) for i in range(0, len(pad), 2))[::-1]
     if mode != "constant":
         return pad_spatial(x, pairs, mode)

@@ -19,6 +19,10 @@ from .vocabulary import translates, translates_layer
 
 @translates(F.embedding)
 def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, sparse=False):
+    """F.embedding: the rows of `weight` indexed by `input`, shape (*input.shape, embedding_dim); a
+    `padding_idx` row passes no gradient, an index out of range gives NaN (torch raises). Raises
+    `Unsupported` for max_norm or scale_grad_by_freq.
+    """
     if max_norm is not None or scale_grad_by_freq:
         raise Unsupported(
             "embedding with max_norm (renormalises the weight in place) or scale_grad_by_freq "
@@ -35,11 +39,15 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
 
 
 def apply_embedding(weights, input, *, padding_idx):
+    """An nn.Embedding's forward on `weights` ({'weight'}): see `embedding`."""
     return embedding(input, weights["weight"], padding_idx)
 
 
 @translates_layer(nn.Embedding)
 def embedding_layer(module: nn.Embedding):
+    """The translation of an nn.Embedding (its padding_idx bound); raises `Unsupported` for max_norm or
+    scale_grad_by_freq.
+    """
     if module.max_norm is not None or module.scale_grad_by_freq:
         embedding(None, None, max_norm=module.max_norm, scale_grad_by_freq=module.scale_grad_by_freq)
     return partial(apply_embedding, padding_idx=module.padding_idx)
@@ -47,6 +55,9 @@ def embedding_layer(module: nn.Embedding):
 
 @translates(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout)
 def dropout(x, p=0.5, training=True, inplace=False):
+    """F.dropout and its variants, translated only where they are the identity: returns x; raises `Unsupported`
+    in training mode with p > 0 (torch's random masks cannot be matched).
+    """
     if training and p > 0:
         raise Unsupported(
             f"dropout with p={p} in training mode draws random masks that cannot match torch's; "
@@ -55,6 +66,7 @@ def dropout(x, p=0.5, training=True, inplace=False):
 
 
 def apply_function(weights, x, *, function, options):
+    """An activation module's forward: `function(x, **options)`; `weights` is unused."""
     return function(x, **dict(options))
 
 
@@ -75,11 +87,15 @@ ACTIVATIONS = {
 
 
 def hashable(value):
+    """`value` with a list made a tuple, so it can be bound into a cached translation."""
     return tuple(value) if isinstance(value, list) else value
 
 
 @translates_layer(*ACTIVATIONS)
 def function_layer(module: nn.Module):
+    """The translation of an activation, Softmax, Flatten or Unflatten module: its function with the module's
+    settings bound.
+    """
     function, names = next(entry for kind, entry in ACTIVATIONS.items() if isinstance(module, kind))
     sizes = {"unflattened_size": "sizes"}
     options = tuple((sizes.get(name, name), hashable(getattr(module, name))) for name in names)
@@ -87,15 +103,20 @@ def function_layer(module: nn.Module):
 
 
 def apply_identity(weights, x, *args, **kwargs):
+    """Returns x unchanged (nn.Identity, dropout in eval mode)."""
     return x
 
 
 @translates_layer(nn.Identity)
 def identity_layer(module: nn.Identity):
+    """The translation of an nn.Identity: `apply_identity`."""
     return partial(apply_identity)
 
 
 @translates_layer(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 def dropout_layer(module: nn.modules.dropout._DropoutNd):
+    """The translation of a dropout module: the identity; raises `Unsupported` while translating a module in
+    training mode with p > 0.
+    """
     dropout(None, module.p, module.training)  # refuses while translating, not at compile time
     return partial(apply_identity)

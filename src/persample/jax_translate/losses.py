@@ -25,6 +25,9 @@ def reduction_of(size_average, reduce, reduction: str) -> str:
 
 
 def reduced(losses, reduction: str, denominator=None):
+    """`losses` reduced as torch's `reduction` says: 'none' as they are, 'sum', or 'mean' (the sum over
+    `denominator`, default the number of elements).
+    """
     if reduction == "none":
         return losses
     if reduction == "sum":
@@ -33,10 +36,15 @@ def reduced(losses, reduction: str, denominator=None):
 
 
 def class_axis(x) -> int:
+    """The class dim of logits `x`: 0 for one unbatched sample (C,), else 1 (N, C, ...)."""
     return 0 if x.ndim == 1 else 1
 
 
 def negative_log_likelihood(logp, target, weight, ignore_index, reduction, label_smoothing):
+    """torch's NLL of log-probabilities `logp` (N, C, ...) for class indices or class probabilities `target`,
+    with class weights, ignore_index and label smoothing; reduced as `reduction` says (a weighted mean
+    divides by the targets' total weight, as torch).
+    """
     axis = class_axis(logp)
     classes = logp.shape[axis]
     class_weights = jnp.ones((classes,), logp.dtype) if weight is None else widened(weight)
@@ -64,6 +72,9 @@ def negative_log_likelihood(logp, target, weight, ignore_index, reduction, label
 @translates(F.cross_entropy)
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0):
+    """F.cross_entropy: log_softmax over the class dim, then `negative_log_likelihood`; computed in at least
+    float32, returned in the input's dtype.
+    """
     logp = jax.nn.log_softmax(widened(input), axis=class_axis(input))
     losses = negative_log_likelihood(logp, target, weight, ignore_index,
                                      reduction_of(size_average, reduce, reduction), label_smoothing)
@@ -72,17 +83,23 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 
 @translates(F.nll_loss)
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
+    """F.nll_loss on log-probabilities; computed in at least float32, returned in the input's dtype."""
     losses = negative_log_likelihood(widened(input), target, weight, ignore_index,
                                      reduction_of(size_average, reduce, reduction), 0.0)
     return losses.astype(input.dtype)
 
 
 def pointwise(distance):
+    """A torch loss of the signature of F.mse_loss built from `distance` of (input - target), optionally
+    weighted, then reduced; computed in at least float32, returned in the input's dtype.
+    """
     def loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
         losses = distance(widened(input) - widened(target))
         losses = losses if weight is None else losses * widened(weight)
         return reduced(losses, reduction_of(size_average, reduce, reduction)).astype(input.dtype)
     loss.__qualname__ = loss.__name__ = f"pointwise_{distance.__name__}"
+    loss.__doc__ = (f"The loss {distance.__name__}(input - target), optionally weighted, reduced as `reduction` "
+                    "says; computed in at least float32, returned in the input's dtype.")
     return loss
 
 
@@ -93,6 +110,9 @@ l1_loss = translates(F.l1_loss)(pointwise(jnp.abs))
 @translates(F.binary_cross_entropy_with_logits)
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
                                      reduction="mean", pos_weight=None):
+    """F.binary_cross_entropy_with_logits: (1 - y)·x + w_pos·log(1 + exp(-x)), written to stay finite for large
+    |x|, optionally weighted, then reduced; returned in the input's dtype.
+    """
     x, y = widened(input), widened(target)
     log_weight = 1.0 if pos_weight is None else (widened(pos_weight) - 1) * y + 1
     # log(1 + exp(-x)) written to stay finite for large |x|
@@ -102,6 +122,9 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
 
 
 def apply_loss(weights, input, target, *, loss, options):
+    """A loss module's forward: `loss(input, target)` with the module's options and its weights (e.g. class
+    `weight`).
+    """
     return loss(input, target, **{**dict(options), **weights})
 
 
@@ -116,5 +139,8 @@ LOSS_MODULES = {
 
 @translates_layer(*LOSS_MODULES)
 def loss_layer(module: nn.Module):
+    """The translation of a loss module (CrossEntropyLoss, NLLLoss, MSELoss, L1Loss, BCEWithLogitsLoss): its
+    function with the module's options bound.
+    """
     loss, names = next(entry for kind, entry in LOSS_MODULES.items() if isinstance(module, kind))
     return partial(apply_loss, loss=loss, options=tuple((name, getattr(module, name)) for name in names))

@@ -25,11 +25,17 @@ from .vocabulary import translates, translates_layer
 
 @translates(torch.matmul, operator.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm")
 def matmul(x, other):
+    """torch.matmul / bmm / mm / the @ operator: half-precision operands accumulate in float32 and round once
+    to their result dtype.
+    """
     return jnp.matmul(x, other, preferred_element_type=accumulator(x, other)).astype(jnp.result_type(x, other))
 
 
 @translates(torch.einsum)
 def einsum(equation, *operands):
+    """torch.einsum (operands given separately or as one list); half-precision operands accumulate in float32
+    and round once.
+    """
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])
     result = jnp.einsum(equation, *operands, preferred_element_type=accumulator(*operands))
@@ -47,17 +53,25 @@ def linear(x, weight, bias=None):
 
 
 def apply_linear(weights, x):
+    """An nn.Linear's forward on `weights` ({'weight', optional 'bias'}): x @ weight.T + bias, shape (*,
+    out_features).
+    """
     return linear(x, weights["weight"], weights.get("bias"))
 
 
 @translates_layer(nn.Linear)
 def linear_layer(module: nn.Linear):
+    """The translation of an nn.Linear: `apply_linear`."""
     return partial(apply_linear)
 
 
 @translates(F.scaled_dot_product_attention)
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                  scale=None, enable_gqa=False):
+    """F.scaled_dot_product_attention: softmax(q·kᵀ·scale + mask)·v with scale 1/√d by default (Vaswani et al.
+    2017, eq. 1), causal and boolean or additive masks, grouped-query heads; shape (..., L, E_v). Raises
+    `Unsupported` for dropout_p > 0.
+    """
     if dropout_p > 0:
         raise Unsupported(
             "scaled_dot_product_attention with dropout_p > 0 draws random masks that cannot match "

@@ -42,6 +42,9 @@ def windows(x, n, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False, *, n):
+    """F.max_poolNd over the trailing `n` dims (padding counts as -inf, ceil_mode as torch). Raises
+    `Unsupported` for return_indices=True.
+    """
     if return_indices:
         raise Unsupported("max pooling with return_indices=True has no JAX translation", method="jax")
     window, strides, pads, dilation = windows(x, n, kernel_size, stride, padding, dilation, ceil_mode)
@@ -51,6 +54,10 @@ def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False
 
 def avg_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
              divisor_override=None, *, n):
+    """F.avg_poolNd over the trailing `n` dims: window sums divided by `divisor_override`, or by the window
+    clipped to the padded (count_include_pad) or real input, as torch; summed in at least float32,
+    returned in x's dtype.
+    """
     window, strides, pads, _ = windows(x, n, kernel_size, stride, padding, 1, ceil_mode)
     wide = widened(x)
     total = jax.lax.reduce_window(wide, np.zeros((), wide.dtype), jax.lax.add, window, strides, pads)
@@ -74,6 +81,7 @@ for _n, _max, _avg in ((1, F.max_pool1d, F.avg_pool1d), (2, F.max_pool2d, F.avg_
 
 
 def apply_pool(weights, x, *, pool, n, options):
+    """A pooling module's forward: `pool(x, **options)` over `n` spatial dims; `weights` is unused."""
     return pool(x, **dict(options), n=n)
 
 
@@ -82,6 +90,7 @@ POOL_DIMS = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1,
 
 @translates_layer(*POOL_DIMS)
 def pool_layer(module: nn.Module):
+    """The translation of an nn.MaxPoolNd / AvgPoolNd: `apply_pool` with the module's settings bound."""
     is_max = isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d))
     names = ("kernel_size", "stride", "padding", "ceil_mode") + (
         ("dilation", "return_indices") if is_max else ("count_include_pad", "divisor_override"))
@@ -100,6 +109,9 @@ def averaging_matrix(length: int, out: int) -> np.ndarray:
 
 
 def adaptive_avg_pool(x, output_size, *, n):
+    """F.adaptive_avg_poolNd: each of the trailing `n` dims averaged into `output_size` bins [⌊iL/O⌋,
+    ⌈(i+1)L/O⌉) as torch; in x's dtype.
+    """
     wide = widened(x)
     targets = ntuple(output_size, n)
     for i, out in enumerate(targets):
@@ -120,10 +132,12 @@ for _n, _fn in ((1, F.adaptive_avg_pool1d), (2, F.adaptive_avg_pool2d), (3, F.ad
 
 
 def apply_adaptive(weights, x, *, output_size, n):
+    """An nn.AdaptiveAvgPoolNd's forward: `adaptive_avg_pool`; `weights` is unused."""
     return adaptive_avg_pool(x, output_size, n=n)
 
 
 @translates_layer(*ADAPTIVE_DIMS)
 def adaptive_layer(module: nn.Module):
+    """The translation of an nn.AdaptiveAvgPool1d/2d/3d: `apply_adaptive` with its output size bound."""
     size = module.output_size
     return partial(apply_adaptive, output_size=tuple(size) if isinstance(size, list) else size, n=ADAPTIVE_DIMS[type(module)])

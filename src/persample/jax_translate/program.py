@@ -39,6 +39,10 @@ class LayerWeights:
 
 @dataclass(frozen=True)
 class Op:
+    """One operation of a `Program`: `impl(*args, **kwargs)` with `Slot` and `Weight` arguments, its result
+    stored in slot `out`; `node` names the fx node it came from.
+    """
+
     node: str
     impl: Callable
     args: tuple
@@ -50,6 +54,10 @@ class Op:
 
 @dataclass(frozen=True)
 class Program:
+    """A translated model and loss as JAX operations over `n_inputs` inputs; `run(weights, *inputs)` evaluates
+    it and returns `output` with its slots filled.
+    """
+
     n_inputs: int
     ops: tuple[Op, ...]
     output: Any

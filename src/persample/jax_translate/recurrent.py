@@ -32,6 +32,9 @@ def recurrent_gates(h, projected, w_hh, b_hh):
 
 
 def lstm_cell(carry, projected, w_hh, b_hh, w_hr):
+    """One LSTM step (Hochreiter & Schmidhuber 1997; torch's gate order i, f, g, o): c' = σ(f)·c +
+    σ(i)·tanh(g), h' = σ(o)·tanh(c'), projected by `w_hr` when given; returns ((h', c'), h').
+    """
     h, c = carry
     i, f, g, o = jnp.split(recurrent_gates(h, projected, w_hh, b_hh), 4, axis=-1)
     c = sigmoid(f) * c + sigmoid(i) * tanh(g)
@@ -41,6 +44,9 @@ def lstm_cell(carry, projected, w_hh, b_hh, w_hr):
 
 
 def gru_cell(carry, projected, w_hh, b_hh, w_hr):
+    """One GRU step (Cho et al. 2014, as torch: r, z, n): n = tanh(x_n + r·(W_hn h + b_hn)), h' = (1 - z)·n +
+    z·h; returns ((h',), h').
+    """
     (h,) = carry
     x_r, x_z, x_n = jnp.split(projected, 3, axis=-1)
     h_r, h_z, h_n = jnp.split(linear(h, w_hh, b_hh), 3, axis=-1)
@@ -51,6 +57,7 @@ def gru_cell(carry, projected, w_hh, b_hh, w_hr):
 
 
 def rnn_cell(carry, projected, w_hh, b_hh, w_hr, *, activation):
+    """One Elman RNN step: h' = activation(W_hh h + b_hh + projected input); returns ((h',), h')."""
     (h,) = carry
     h = activation(recurrent_gates(h, projected, w_hh, b_hh))
     return (h,), h
@@ -70,6 +77,10 @@ def input_projection(x, w_ih, b_ih, *, transposed):
 
 
 def apply_recurrent(weights, x, hx=None, *, mode, num_layers, directions, batch_first, state_sizes):
+    """An nn.LSTM/GRU/RNN's forward on `weights` (torch's names, e.g. weight_ih_l0_reverse): returns (output
+    (N, L, D·H) or (L, N, D·H) as batch_first says, h_n (layers·D, N, H), with c_n for an LSTM as (h_n,
+    c_n)); an unbatched (L, F) input gives unbatched results.
+    """
     unbatched = x.ndim == 2
     x = x[:, None] if unbatched else (jnp.swapaxes(x, 0, 1) if batch_first else x)  # (L, N, F)
     batch = x.shape[1]
@@ -106,6 +117,9 @@ def initial_states(hx, unbatched, count, batch, state_sizes, dtype):
 
 @translates_layer(nn.LSTM, nn.GRU, nn.RNN)
 def recurrent_layer(module: nn.RNNBase):
+    """The translation of an nn.LSTM, nn.GRU or nn.RNN: `apply_recurrent` with its mode, layers, directions and
+    state sizes bound. Raises `Unsupported` for dropout between layers in training mode.
+    """
     if module.training and module.dropout > 0 and module.num_layers > 1:
         raise Unsupported(
             f"{type(module).__name__} with dropout={module.dropout} between layers in training mode "

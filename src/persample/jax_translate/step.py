@@ -60,6 +60,7 @@ def to_jax(tensor: torch.Tensor, x64: bool) -> jax.Array:
 
 
 def to_torch(array: jax.Array, device: torch.device) -> torch.Tensor:
+    """`array` as a torch tensor through DLPack (no copy where the devices agree), moved to `device` otherwise."""
     tensor = torch.from_dlpack(array)
     return tensor if tensor.device == device else tensor.to(device)
 

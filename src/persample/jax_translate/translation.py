@@ -23,6 +23,10 @@ from .vocabulary import FUNCTIONS, LAYER_TYPES, METHODS, VIEWS, describe_functio
 
 @dataclass
 class Translation:
+    """A model (and loss) translated to JAX: the `program`, and the weights it reads as arguments, trainable
+    ones apart.
+    """
+
     program: Program
     trainable: dict[str, nn.Parameter]
     """Differentiated: the model's trainable parameters, keyed as in `named_parameters()`."""
@@ -91,6 +95,8 @@ def refuse_hooks(model: nn.Module) -> None:
 
 
 class GraphTranslator:
+    """Turns a traced torch.fx graph of `root` into a `Program`, naming each weight as `model` names it."""
+
     def __init__(self, root: nn.Module, model: nn.Module) -> None:
         self.root = root
         self.trainable = trainable_parameters(model)
@@ -101,6 +107,9 @@ class GraphTranslator:
         self.impls: dict[fx.Node, object] = {}
 
     def translate(self, graph: fx.Graph) -> Translation:
+        """The `Translation` of `graph`, node by node. Raises `Unsupported` naming the first node, layer or
+        attribute without a translation.
+        """
         nodes = list(graph.nodes)
         self.order = {node: i for i, node in enumerate(nodes)}
         n_inputs, ops, output = 0, [], None
@@ -119,6 +128,10 @@ class GraphTranslator:
         return Translation(program, dict(self.trainable), self.constants)
 
     def weight(self, tensor: object, target: str) -> Weight:
+        """The `Weight` key of a tensor the graph reads (a parameter's or buffer's name, else `<attribute>`),
+        recording it as a constant unless trainable. Raises `Unsupported` for a non-tensor
+        attribute.
+        """
         if not isinstance(tensor, torch.Tensor):
             raise Unsupported(f"the forward reads the attribute {user_name(target)!r}, a "
                               f"{type(tensor).__name__}, as a graph value; only tensors can be", method=METHOD)
@@ -130,6 +143,9 @@ class GraphTranslator:
         return Weight(name)
 
     def op(self, node: fx.Node, out: int) -> Op:
+        """The `Op` of one call node (a module, function or tensor method) writing slot `out`. Raises
+        `Unsupported` when it has no translation or mutates what it cannot.
+        """
         args = template_of(tuple(node.args), self.refs)
         kwargs = tuple((k, template_of(v, self.refs)) for k, v in node.kwargs.items())
         in_place = node.kwargs.get("inplace") is True
@@ -158,6 +174,9 @@ class GraphTranslator:
         return Op(node.name, impl, args, kwargs, out, rebinds)
 
     def layer(self, module: nn.Module, target: str):
+        """The JAX implementation of `module` (a partial over its weights). Raises `Unsupported` for a layer
+        outside the vocabulary.
+        """
         translator = layer_translator(module)
         kind = type(module).__name__
         if translator is None:

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..layers import nearest_registered
+
 LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding,
     nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.RMSNorm,
@@ -60,11 +62,9 @@ def translates(*targets: Callable | str, view: bool = False):
 
 
 def layer_translator(module: nn.Module) -> Callable[[nn.Module], LayerImpl] | None:
-    """The translator of the nearest registered base class, unless `module` overrides forward."""
-    for kind in type(module).__mro__:
-        if kind in LAYERS:
-            return LAYERS[kind] if type(module).forward is kind.forward else None
-    return None
+    """The translator of the nearest registered base class, unless `module` overrides forward
+    (`persample.layers.nearest_registered`, the lookup the layer rules use too)."""
+    return nearest_registered(module, LAYERS)
 
 
 def describe_function(target: Callable | str) -> str:

@@ -35,6 +35,10 @@ Feed = tuple[torch.dtype, torch.dtype, torch.dtype]
 
 @dataclass(frozen=True)
 class Build:
+    """One ahead-of-time compilation of a kernel for a GPU target: its pointer dtypes and configuration,
+    registers per thread, local (spill) and shared memory in bytes, and whether it uses tensor cores.
+    """
+
     kernel: str
     dtypes: str  # "x=fp32 g=bf16 gw=fp32 ...": the data pointers' element types
     config: str

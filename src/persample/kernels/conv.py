@@ -13,11 +13,14 @@ x and g may differ in dtype (autocast): `mma` casts both tiles in registers to t
 """
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 import triton
 import triton.language as tl
 from torch import nn
 
+from ..layers import LayerInput, padding_amounts
 from ..rules.conv import padded
 from .registry import register_kernel
 from .tuning import autotuned, check_device, config, dot_operands, mma, trainable_outputs
@@ -85,12 +88,12 @@ def _conv_grads_kernel(
 
 
 def _left_padding(module: nn.modules.conv._ConvNd) -> tuple[int, ...]:
-    """Zeros added before each spatial dim; "same" puts the odd one after, as torch does."""
-    if module.padding == "valid" or module.padding_mode != "zeros":
+    """Zeros the kernel reads before each spatial dim (`persample.layers.padding_amounts`); none for
+    other padding modes, whose input is padded explicitly first. The amounts after each dim need
+    no argument: positions past the input read as zeros."""
+    if module.padding_mode != "zeros":
         return (0,) * len(module.kernel_size)
-    if module.padding == "same":
-        return tuple(d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size))
-    return tuple(module.padding)
+    return tuple(before for before, _ in padding_amounts(module))
 
 
 def _as_3d(values: tuple[int, ...], fill: int) -> tuple[int, int, int]:
@@ -103,17 +106,19 @@ def conv_grads(
     grad_out: torch.Tensor,
     *,
     out: dict[str, torch.Tensor] | None = None,
+    trainable: Collection[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-sample gW (n, *weight.shape) and gb (n, out_channels) of a convolution module."""
+    """Per-sample gW (n, *weight.shape) and gb (n, out_channels) of a convolution module, for the
+    names in `trainable` (None: the parameters with requires_grad), into `out`'s buffers when given."""
     check_device(x, grad_out)
     dot, n = dot_operands("conv", x.dtype, grad_out.dtype), x.shape[0]
-    grads = trainable_outputs(module, x, n, out)
+    grads = trainable_outputs(module, x, n, out, trainable)
     if n == 0 or not grads:
         return grads
     if module.padding_mode != "zeros":  # reflect/replicate/circular: pad explicitly, then pad 0
         x = padded(module, x)
     x, grad_out = x.contiguous(), grad_out.contiguous()
-    groups, (out_channels, c_group) = module.groups, module.weight.shape[:2]
+    groups, out_channels, c_group = module.groups, module.out_channels, module.in_channels // module.groups
     kernel = _as_3d(module.kernel_size, 1)
     ck, positions = c_group * kernel[0] * kernel[1] * kernel[2], grad_out[0, 0].numel()
     has_weight = "weight" in grads
@@ -133,6 +138,7 @@ def conv_grads(
 
 
 @register_kernel(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def conv_grad_sample(module: nn.modules.conv._ConvNd, x: torch.Tensor, grad_out: torch.Tensor) -> dict:
-    """The ConvNd rule's `grad_sample`, on Triton."""
-    return conv_grads(module, x, grad_out)
+def conv_grad_sample(module: nn.modules.conv._ConvNd, inputs: LayerInput, grad_out: torch.Tensor,
+                     trainable: Collection[str]) -> dict[str, torch.Tensor]:
+    """The ConvNd rule's `grad_sample`, on Triton: the names in `trainable` only."""
+    return conv_grads(module, inputs.first, grad_out, trainable=trainable)

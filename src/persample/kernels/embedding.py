@@ -10,11 +10,14 @@ atomics (deterministic), no zero-fill pass, nothing dense besides the output.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 import triton
 import triton.language as tl
 from torch import nn
 
+from ..layers import LayerInput
 from .registry import register_kernel
 from .tuning import autotuned, check_device, config, dot_operands, mma, preallocated
 
@@ -109,7 +112,12 @@ def embedding_grads(
 
 
 @register_kernel(nn.Embedding)
-def embedding_grad_sample(module: nn.Embedding, idx: torch.Tensor, grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The Embedding rule's `grad_sample`, on Triton."""
+def embedding_grad_sample(module: nn.Embedding, inputs: LayerInput, grad_out: torch.Tensor,
+                          trainable: Collection[str]) -> dict[str, torch.Tensor]:
+    """The Embedding rule's `grad_sample`, on Triton: {"weight": (n, num_embeddings, d)}, or {}
+    when the weight is not in `trainable`."""
+    if "weight" not in trainable:
+        return {}
     rows = module.num_embeddings
-    return {"weight": embedding_grads(idx, grad_out, rows, padding_idx=module.padding_idx, dtype=module.weight.dtype)}
+    return {"weight": embedding_grads(inputs.first, grad_out, rows, padding_idx=module.padding_idx,
+                                      dtype=module.weight.dtype)}

@@ -10,11 +10,14 @@ x and g may differ in dtype (autocast): `mma` casts both tiles in registers to t
 """
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 import triton
 import triton.language as tl
 from torch import nn
 
+from ..layers import LayerInput
 from .registry import register_kernel
 from .tuning import autotuned, check_device, config, dot_operands, mma, preallocated
 
@@ -102,7 +105,12 @@ def linear_grads(
 
 
 @register_kernel(nn.Linear)
-def linear_grad_sample(module: nn.Linear, x: torch.Tensor, grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The Linear rule's `grad_sample`, on Triton; frozen parameters are not computed."""
-    has_bias = module.bias is not None and module.bias.requires_grad
-    return linear_grads(x, grad_out, weight=module.weight.requires_grad, bias=has_bias, dtype=module.weight.dtype)
+def linear_grad_sample(module: nn.Linear, inputs: LayerInput, grad_out: torch.Tensor,
+                       trainable: Collection[str]) -> dict[str, torch.Tensor]:
+    """The Linear rule's `grad_sample`, on Triton: the names in `trainable` only, in their parameters'
+    dtype. Reads no other attribute of the module: a weight that is not a trainable parameter (a
+    buffer, or a tensor a parent's forward assigns) need not be there when the backward runs."""
+    own = module._parameters
+    dtype = next((own[name].dtype for name in ("weight", "bias") if name in trainable), inputs.first.dtype)
+    return linear_grads(inputs.first, grad_out, weight="weight" in trainable, bias="bias" in trainable,
+                        dtype=dtype)

@@ -11,12 +11,14 @@ g may differ in dtype (autocast runs these layers in float32 on half inputs).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import torch
 import triton
 import triton.language as tl
 from torch import nn
 
+from ..layers import LayerInput, uses_running_stats
 from .registry import register_kernel
 from .tuning import check_device, common_dtype, trainable_outputs
 
@@ -132,8 +134,10 @@ def row_norm_grads(
     *,
     out: dict[str, torch.Tensor] | None = None,
     max_row_block: int = MAX_ROW_BLOCK,
+    trainable: Collection[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """gγ, gβ of LayerNorm/RMSNorm; rows longer than `max_row_block` get a separate moments pass."""
+    """Per-sample gγ, gβ (n, *normalized_shape) of LayerNorm/RMSNorm for the names in `trainable`
+    (None: those with requires_grad); rows longer than `max_row_block` get a separate moments pass."""
     check_device(x, grad_out)
     common_dtype(x.dtype, grad_out.dtype)  # refuses a pair no model feeds
     x, grad_out, n = x.contiguous(), grad_out.contiguous(), x.shape[0]
@@ -141,7 +145,7 @@ def row_norm_grads(
     rows = x.numel() // max(n * features, 1)
     center = isinstance(module, nn.LayerNorm)
     eps = module.eps if module.eps is not None else torch.finfo(torch.float32).eps
-    grads = trainable_outputs(module, x, n, out)
+    grads = trainable_outputs(module, x, n, out, trainable)
     if n == 0 or not grads:
         return grads
     inline = features <= max_row_block
@@ -162,20 +166,22 @@ def channel_norm_grads(
     grad_out: torch.Tensor,
     *,
     out: dict[str, torch.Tensor] | None = None,
+    trainable: Collection[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """gγ, gβ of GroupNorm/InstanceNorm (per-instance or running statistics)."""
+    """Per-sample gγ, gβ (n, channels) of GroupNorm/InstanceNorm (per-instance statistics, or the
+    running ones where `persample.layers.uses_running_stats`) for the names in `trainable` (None:
+    those with requires_grad)."""
     check_device(x, grad_out)
     common_dtype(x.dtype, grad_out.dtype)  # refuses a pair no model feeds
     x, grad_out, (n, channels) = x.contiguous(), grad_out.contiguous(), x.shape[:2]
     spatial = math.prod(x.shape[2:])
     groups = module.num_groups if isinstance(module, nn.GroupNorm) else channels
-    grads = trainable_outputs(module, x, n, out)
+    grads = trainable_outputs(module, x, n, out, trainable)
     if n == 0 or not grads:
         return grads
     stats, stats_stride_n = x, groups
     if "weight" in grads:
-        running = getattr(module, "track_running_stats", False) and not module.training
-        if running:  # InstanceNorm in eval mode normalises with the running statistics
+        if uses_running_stats(module):  # InstanceNorm in eval mode normalises with the running statistics
             rstd = (module.running_var.float() + module.eps).rsqrt()
             stats = torch.stack([module.running_mean.float(), rstd], 1)
             stats_stride_n = 0
@@ -193,12 +199,14 @@ def channel_norm_grads(
 
 
 @register_kernel(nn.LayerNorm, nn.RMSNorm)
-def row_norm_grad_sample(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The LayerNorm/RMSNorm rule's `grad_sample`, on Triton."""
-    return row_norm_grads(module, x, grad_out)
+def row_norm_grad_sample(module: nn.Module, inputs: LayerInput, grad_out: torch.Tensor,
+                         trainable: Collection[str]) -> dict[str, torch.Tensor]:
+    """The LayerNorm/RMSNorm rule's `grad_sample`, on Triton: the names in `trainable` only."""
+    return row_norm_grads(module, inputs.first, grad_out, trainable=trainable)
 
 
 @register_kernel(nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-def channel_norm_grad_sample(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The GroupNorm/InstanceNorm rule's `grad_sample`, on Triton."""
-    return channel_norm_grads(module, x, grad_out)
+def channel_norm_grad_sample(module: nn.Module, inputs: LayerInput, grad_out: torch.Tensor,
+                             trainable: Collection[str]) -> dict[str, torch.Tensor]:
+    """The GroupNorm/InstanceNorm rule's `grad_sample`, on Triton: the names in `trainable` only."""
+    return channel_norm_grads(module, inputs.first, grad_out, trainable=trainable)

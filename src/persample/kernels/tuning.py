@@ -6,11 +6,13 @@ interpreted is decided once, when this package is imported (TRITON_INTERPRET=1 a
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 import triton
 import triton.language as tl
+
+from ..rules.registry import trainable_locals
 
 INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 """True when the kernels below run in Triton's interpreter (on the CPU, slowly)."""
@@ -39,6 +41,7 @@ def autotuned(gpu: list[triton.Config], interpreted: triton.Config, key: list[st
 
 
 def config(num_warps: int = 4, num_stages: int = 2, **blocks: int) -> triton.Config:
+    """A triton.Config with the block sizes `blocks` (e.g. BLOCK_M=64), `num_warps` and `num_stages`."""
     return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages)
 
 
@@ -121,13 +124,16 @@ def check_device(*tensors: torch.Tensor) -> None:
 
 
 def trainable_outputs(
-    module: torch.nn.Module, like: torch.Tensor, n: int, out: dict[str, torch.Tensor] | None
+    module: torch.nn.Module, like: torch.Tensor, n: int, out: dict[str, torch.Tensor] | None,
+    trainable: Collection[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-sample (n, *shape) buffers for the module's trainable "weight" and "bias"."""
+    """Per-sample (n, *param.shape) buffers, in each parameter's dtype, for the names in `trainable`
+    among "weight" and "bias" (None: those with requires_grad, `persample.rules.trainable_locals`)."""
+    names = trainable_locals(module) if trainable is None else trainable
     grads = {}
     for local in ("weight", "bias"):
         param = getattr(module, local, None)
-        if param is not None and param.requires_grad:
+        if local in names and param is not None:
             grads[local] = preallocated(out, local, (n, *param.shape), like, param.dtype)
     return grads
 

@@ -22,7 +22,7 @@ from ..contract import Batch, LossFn
 from ..errors import StaleStep
 from ..checks.guard import check_sum_against_autograd
 from .base import CompiledStep, Method, PreparedStep, arguments, compiled_inner, data_of
-from .registry import Capabilities, register
+from ..capabilities import Capabilities
 
 
 class AutoStep(PreparedStep):
@@ -57,8 +57,11 @@ class AutoStep(PreparedStep):
             return self.inner(call, targets)
 
 
-@register
 class AutoMethod(Method):
+    """`auto`: the fastest method that is right for this model, chosen per structure by `persample.selection`
+    and verified on the example batch (not registered as a method to benchmark).
+    """
+
     capabilities = Capabilities(
         name="auto",
         summary="the fastest method that is right for this model (persample.selection)",
@@ -68,6 +71,10 @@ class AutoMethod(Method):
     takes_call_args = True
 
     def prepare(self, model: nn.Module, loss_fn: LossFn | None, example_batch: Batch) -> PreparedStep:
+        """The step of the method `auto` picks for `model` (`AutoStep`, with `.choice` saying what and why); an
+        empty batch defers the choice to the first batch with samples. Raises `Unsupported` naming
+        what every candidate refused.
+        """
         from ..selection import explain_choice
 
         wrapped = compiled_inner(model)

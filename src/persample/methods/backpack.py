@@ -17,10 +17,9 @@ from contextlib import AbstractContextManager
 from torch import nn
 
 from ..assumptions import LAYER_RULES
-from ..capabilities import Finding, Refusal
+from ..capabilities import Capabilities, Finding, Refusal
 from ..contract import trainable_owners
 from .peer_support import Forward, PeerMethod
-from .registry import Capabilities, register
 
 # The keys of BatchGrad's module map (backpack/extensions/firstorder/batch_grad/__init__.py,
 # backpack-for-pytorch 1.7.1); BackPACK looks a module up by its exact class.
@@ -39,7 +38,6 @@ NOTES = (
 )
 
 
-@register
 class BackpackMethod(PeerMethod):
     """No conversion: BatchGrad of the summed losses is unscaled (of a mean-reduced loss it is gᵢ/B),
     so the step backpropagates `losses.sum()`."""
@@ -57,6 +55,7 @@ class BackpackMethod(PeerMethod):
     savefield = "grad_batch"
 
     def wrap(self, clone: nn.Module) -> Forward:
+        """The clone with BackPACK's `extend` applied to every leaf module; returns the clone as the forward."""
         from backpack import extend
 
         for module in clone.modules():
@@ -65,6 +64,7 @@ class BackpackMethod(PeerMethod):
         return clone
 
     def backward_context(self) -> AbstractContextManager:
+        """BackPACK's BatchGrad extension, active during the backward pass."""
         from backpack import backpack
         from backpack.extensions import BatchGrad
 

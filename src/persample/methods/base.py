@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from contextlib import nullcontext
 from collections.abc import Mapping
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -34,7 +35,8 @@ from ..contract import (
 )
 from ..errors import LossNotPerSample, Unsupported
 from ..checks.loss import check_loss_shape
-from ..state import preserved, random_states_preserved
+from ..outputs import OutputBuffers, writing_into
+from ..state import modes_and_hooks_kept, preserved, random_states_preserved
 
 RawStep = Callable[..., dict[str, torch.Tensor]]
 """What `_prepare` builds: `raw(inputs, targets) -> {param name: (B, *param.shape)}`; `inputs` is a
@@ -46,7 +48,8 @@ class PreparedStep:
 
     Attributes: `method` (the name), `checks` (a `CheckReport`: what was checked at prepare time
     and its cost), `prepare_seconds` (checks and building), `placement` (which layers ran where,
-    for methods that say), `choice` (`auto`: what it picked and why).
+    for methods that say), `choice` (`auto`: what it picked and why), `reusing_outputs` (see
+    `reuse_outputs`).
     """
 
     def __init__(self, method: Method, model: nn.Module, loss_fn: LossFn, raw: RawStep | None,
@@ -59,6 +62,32 @@ class PreparedStep:
         self.placement: dict[str, str] | None = None
         self.choice = None
         self.prepare_seconds = 0.0
+        self._outputs: OutputBuffers | None = None
+
+    @property
+    def reusing_outputs(self) -> bool:
+        """Whether `reuse_outputs` was called: results are overwritten by the next call."""
+        return self._outputs is not None
+
+    def reuse_outputs(self) -> PreparedStep:
+        """From now on, write the large per-sample gradients into buffers this step keeps, instead of
+        new memory on every call (on a CPU, new memory costs page faults on its first write).
+
+        Semantics: the tensors a call returns are valid until the next call of this step, which
+        overwrites them (with the next batch's values); clone what you keep. A batch of another
+        size (or dtype, device) gets fresh buffers, which later calls then reuse. Which tensors share
+        memory: the Linear layers' weight gradients (`persample.outputs`); the others are new on
+        every call. Values are the same as without reuse.
+
+        Offered by methods with `Method.reuses_outputs` (hooks, expand); returns this step.
+        Raises `Unsupported` for the others (their results come from code that allocates its own:
+        torch.func, the peers' libraries, JAX, Triton kernels)."""
+        if not self._method.reuses_outputs:
+            raise Unsupported("does not write into reused output buffers (its results come from code that "
+                              "allocates its own); reuse is offered by hooks and expand", method=self.method)
+        if self._outputs is None:
+            self._outputs = OutputBuffers()
+        return self
 
     def __call__(self, inputs: Inputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         check_grad_mode()
@@ -69,7 +98,8 @@ class PreparedStep:
             return {name: p.new_zeros(0, *p.shape) for name, p in self.params.items()}
         if self.raw is None:  # prepared on an empty batch: the checks need samples
             self._adopt(self._method.prepare(self.model, self.loss_fn, (call, targets)))
-        with preserved(self.model, self.saved_buffers), torch.enable_grad():
+        with preserved(self.model, self.saved_buffers), torch.enable_grad(), \
+                (writing_into(self._outputs) if self._outputs is not None else nullcontext()):
             grads = self.raw(call if self._method.takes_call_args else call.to_user(), targets)
         if not isinstance(grads, Mapping):
             raise TypeError(f"method {self.method!r} returned a {type(grads).__name__}; a step returns a dict "
@@ -102,15 +132,22 @@ class CompiledStep:
     def __call__(self, inputs: Inputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         return {self.PREFIX + name: grad for name, grad in self.inner(inputs, targets).items()}
 
+    def reuse_outputs(self) -> CompiledStep:
+        """`PreparedStep.reuse_outputs` of the wrapped step; returns this step."""
+        self.inner.reuse_outputs()
+        return self
+
 
 class Method(ABC):
     """A way of computing per-sample gradients. Subclasses set `capabilities` and `_prepare`."""
 
     capabilities: Capabilities
     takes_call_args = False  # our methods take `CallArgs`; plugins get the user's form of inputs
+    reuses_outputs = False  # its prepared step offers `PreparedStep.reuse_outputs`
 
     @property
     def name(self) -> str:
+        """The method's registered name, `capabilities.name`."""
         return self.capabilities.name
 
     def unavailable_reason(self) -> str | None:
@@ -143,7 +180,8 @@ class Method(ABC):
         if reason:
             return Unsupported(reason, method=name, assumption="device-and-dtype")
         if device.type not in caps.devices:
-            return Unsupported(f"does not run on {device.type}", method=name, assumption="device-and-dtype")
+            why = caps.device_reasons.get(device.type, f"does not run on {device.type}")
+            return Unsupported(why, method=name, assumption="device-and-dtype")
         if dtype not in caps.dtypes:
             why = caps.dtype_reasons.get(dtype, f"does not offer {str(dtype).removeprefix('torch.')}")
             return Unsupported(why, method=name, assumption="device-and-dtype")
@@ -169,9 +207,14 @@ class Method(ABC):
         Raises `Unsupported` (naming the layer, the reason and the methods that can), or
         `LossNotPerSample` (a `ValueError`) for a loss that is not one loss per sample. Runs with
         gradients enabled whatever the caller's `torch.no_grad()` (inference mode is refused).
+        Whatever it returns or raises, the model is left as found (`state.preserved`: the same
+        parameter and buffer objects, buffer values, flags, attributes and random states;
+        `state.modes_and_hooks_kept`: train/eval modes and hooks).
         """
         check_grad_mode()
-        with torch.enable_grad():
+        module = isinstance(model, nn.Module)
+        with torch.enable_grad(), preserved(model) if module else nullcontext(), \
+                modes_and_hooks_kept(model) if module else nullcontext():
             return self._prepare_checked(model, loss_fn, example_batch)
 
     def _prepare_checked(self, model: nn.Module, loss_fn: LossFn | None, example_batch: Batch) -> PreparedStep:
@@ -261,6 +304,7 @@ def data_of(call: CallArgs) -> CallArgs:
 
 
 def check_grad_mode() -> None:
+    """Raises `ValueError` under torch.inference_mode(), which forbids gradients (torch.no_grad() is fine)."""
     if torch.is_inference_mode_enabled():
         raise ValueError("per-sample gradients cannot be computed under torch.inference_mode(), which forbids "
                          "gradients; call outside it (under torch.no_grad() is fine)")

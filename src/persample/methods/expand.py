@@ -13,7 +13,7 @@ materialises a (B, *shape) gradient for every weight, and some kernels copy the 
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -22,18 +22,18 @@ from torch import nn
 from .. import checks
 from ..assumptions import MATCHES_DEFINITION
 from ..batch import CallArgs
-from ..capabilities import Finding, refusal
+from ..capabilities import Capabilities, Finding, refusal
 from ..contract import Batch, LossFn, trainable_parameters
 from ..gradients import gradients
 from ..checks.guard import check_no_gradient_outside
-from ..observe import first_input
+from ..layers import LayerInput
 from ..rules import LayerRule, rule_types
 from ..state import preserved
 from .hooks import IDENTITY_HINT
-from .registry import Capabilities, register
 from .rule_based import REFUSALS, RELIES_ON, RuleBasedMethod, owners_with_rules
 
 LOSS_RELATIVE = 1e-5  # the expanded forward computes the model's own losses, up to rounding
+OUTPUT_RELATIVE = 1e-4  # and each layer's output, up to rounding (float32 on the checks' widened model)
 
 
 @contextmanager
@@ -42,16 +42,16 @@ def per_sample_forwards(
 ) -> Iterator[None]:
     """Temporarily route each module's forward through its rule's expanded form.
 
-    Frozen parameters of these modules are expanded too (the formulas take per-sample weights)
-    but carry no gradient. Keep the block open through the backward pass: activation
-    checkpointing recomputes forwards there.
+    `expanded` maps id(param) to the (B, *param.shape) leaf of each trainable parameter. Every
+    other tensor the rule reads (`rule.params`: a frozen parameter, a buffer, a plain attribute
+    such as a weight a parent's forward assigns) is the module's own, read when the layer is
+    called, as a stride-0 view (the formulas take per-sample weights) that autograd differentiates
+    as the model does: nothing for a frozen one, the "trainable parameters only" contract of the
+    rules' `grad_sample`. Keep the block open through the backward pass: activation checkpointing
+    recomputes forwards there.
     """
     for module, rule in rules.items():
-        weights = {
-            local: expanded.get(id(p), p.detach().unsqueeze(0).expand(batch, *p.shape))
-            for local, p in module.named_parameters(recurse=False)
-        }
-        module.forward = _bound(rule, module, weights)
+        module.forward = _bound(rule, module, expanded, batch)
     try:
         yield
     finally:
@@ -59,9 +59,26 @@ def per_sample_forwards(
             del module.forward
 
 
-def _bound(rule: LayerRule, module: nn.Module, weights: dict[str, torch.Tensor]):
+def call_weights(module: nn.Module, names: Collection[str], expanded: dict[int, torch.Tensor], batch: int) -> dict[str, torch.Tensor]:
+    """{name: (B, *shape)} for each of `names` the module holds now: the per-sample leaf in `expanded`
+    of a trainable parameter, else the module's tensor as a stride-0 view; a name the module holds
+    as None (no bias) is left out."""
+    weights = {}
+    for local in names:
+        param = module._parameters.get(local)
+        if param is not None and id(param) in expanded:
+            weights[local] = expanded[id(param)]
+            continue
+        tensor = getattr(module, local, None)
+        if isinstance(tensor, torch.Tensor):
+            weights[local] = tensor.unsqueeze(0).expand(batch, *tensor.shape)
+    return weights
+
+
+def _bound(rule: LayerRule, module: nn.Module, expanded: dict[int, torch.Tensor], batch: int):
     def forward(*args, **kwargs) -> torch.Tensor:
-        return rule.expanded_forward(module, first_input(args, kwargs), weights)
+        weights = call_weights(module, rule.params, expanded, batch)
+        return rule.expanded_forward(module, LayerInput(args, kwargs), weights)
 
     return forward
 
@@ -83,8 +100,13 @@ def expanded_step(model: nn.Module, loss_fn: LossFn, rules, params, call: CallAr
     return dict(zip(params, grads)), losses
 
 
-@register
 class ExpandMethod(RuleBasedMethod):
+    """`expand`: every weight expanded to a per-sample (B, *shape) stride-0 view, each layer run with its
+    sample's copy, so one backward returns per-sample gradients; `guard=False` drops the per-call guard.
+    """
+
+    reuses_outputs = True  # the Linear rule's outer products go into kept buffers (`persample.outputs`)
+
     capabilities = Capabilities(
         name="expand",
         summary="per-sample expanded weights; autograd returns per-sample gradients",
@@ -127,7 +149,33 @@ class ExpandMethod(RuleBasedMethod):
                 return
         difference = (losses.detach() - plain.losses.detach()).abs().max().item()
         if difference > LOSS_RELATIVE * max(plain.losses.detach().abs().max().item(), 1e-30):
-            raise refusal(Finding(
-                f"computes other losses than the model with its layers' batched forms (off by {difference:.3g}): "
-                "a layer's forward is not the one its rule describes"), MATCHES_DEFINITION.id, self.name)
+            layer = diverging_call(plain.calls, owners_with_rules(model))
+            why = (f"computes other losses than the model with its layers' batched forms (off by {difference:.3g}): "
+                   + ("its rule's batched form gives another output than its forward on this batch" if layer
+                      else "a layer's forward is not the one its rule describes"))
+            raise refusal(Finding(why, layer.qualname if layer else None, layer.module if layer else None),
+                          MATCHES_DEFINITION.id, self.name)
         checks.weighted_identity(context, per_sample, plain.losses, IDENTITY_HINT)
+
+
+def diverging_call(calls, rules: dict[nn.Module, LayerRule]):
+    """The first recorded call (a `LayerCall`) of a layer whose rule's expanded forward, given the
+    module's own tensors, does not reproduce the call's output within `OUTPUT_RELATIVE` of its largest
+    magnitude; None when every one that can be recomputed does (a tensor the forward assigned and
+    the restore removed cannot be)."""
+    for call in calls:
+        rule = rules.get(call.module)
+        if (rule is None or not isinstance(call.output, torch.Tensor) or not call.output.is_floating_point()
+                or call.output.numel() == 0):
+            continue
+        output = call.output.detach()
+        try:
+            with torch.no_grad():
+                weights = call_weights(call.module, rule.params, {}, output.shape[0])
+                again = rule.expanded_forward(call.module, call.inputs, weights)
+        except Exception:  # noqa: BLE001 - a diagnosis only: what cannot be recomputed names no layer
+            continue
+        scale = max(output.abs().max().item(), 1e-30)
+        if again.shape != output.shape or (again - output).abs().max().item() > OUTPUT_RELATIVE * scale:
+            return call
+    return None

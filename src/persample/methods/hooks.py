@@ -20,12 +20,12 @@ from torch import nn
 from .. import checks
 from ..assumptions import INTACT_OUTPUTS
 from ..batch import CallArgs
-from ..capabilities import Finding, refusal
+from ..capabilities import Capabilities, Finding, refusal
 from ..contract import Batch, LossFn, trainable_parameters
 from ..checks.guard import BatchResidual
-from ..observe import LayerCall, first_input
+from ..layers import LayerInput
+from ..observe import LayerCall
 from ..rules import LayerRule, rule_types
-from .registry import Capabilities, register
 from ..assumptions import OUTPUT_GRADIENTS, PLAIN_FORWARD
 from .rule_based import REFUSALS, RELIES_ON, RuleBasedMethod, RuleLookup, owners_with_rules
 
@@ -36,11 +36,12 @@ IDENTITY_HINT = (
 
 
 def capture_calls(model: nn.Module, layers, call: CallArgs) -> tuple[object, list[LayerCall]]:
-    """Run the model, recording (input, own output) of every call of every module in `layers`."""
+    """Run the model, recording (arguments, own output) of every call of every module in `layers`.
+    Returns the model's outputs and the calls in order."""
     calls: list[LayerCall] = []
 
     def record(module, args, kwargs, output):
-        calls.append(LayerCall(module, "", first_input(args, kwargs), output, output._version, torch.is_grad_enabled(), None))
+        calls.append(LayerCall(module, "", LayerInput(args, kwargs), output, output._version, torch.is_grad_enabled(), None))
 
     handles = [module.register_forward_hook(record, prepend=True, with_kwargs=True) for module in layers]
     try:
@@ -61,17 +62,21 @@ def grads_from_calls(
     retain_graph: bool = False,
     guard: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Each call's rule applied to (input, ∂Σℓ/∂output), summed per parameter (reused or tied
-    layers add up); a parameter that no call reached gets zeros. Calls whose output carries no
+    """{name: (B, *param.shape)} for every parameter in `params`: each call's rule applied to
+    (arguments, ∂Σℓ/∂output), summed per parameter (reused or tied layers add up); a parameter that
+    no call reached gets zeros. Each rule is asked only for its module's trainable parameters
+    (`LayerRule.trainable`): nothing is computed for a frozen one. Calls whose output carries no
     gradient (made under torch.no_grad()) contribute nothing. With `guard`, the same backward also
-    gives autograd's batch gradient, held against the rules' batch formulas (`persample.checks.guard`)."""
+    gives autograd's batch gradient, held against the rules' batch formulas (`persample.checks.guard`),
+    which raises `StaleStep` when they disagree; `Unsupported` when a captured output was modified
+    in place."""
     live = [c for c in calls if isinstance(c.output, torch.Tensor) and c.output.requires_grad]
     targets = [c.output for c in live] + (list(params.values()) if guard else [])
     grads = torch.autograd.grad(losses.sum(), targets, allow_unused=True, retain_graph=retain_graph) if targets else []
     grad_outputs, batch_grads = grads[: len(live)], dict(zip(params, grads[len(live):]))
     _check_outputs_intact(live, method)
     batch = losses.shape[0]
-    rules: dict[nn.Module, LayerRule] = {}
+    rules: dict[nn.Module, tuple[LayerRule, frozenset[str]]] = {}
     by_param: dict[int, torch.Tensor] = {}
     # With the guard, autograd's batch gradient minus what each call's rule accounts for, in place
     # (no second copy of the batch gradient is held): what remains must be rounding.
@@ -79,17 +84,19 @@ def grads_from_calls(
     for call, grad_out in zip(live, grad_outputs):
         if grad_out is None:  # this call's output does not reach the loss
             continue
-        rule = rules.setdefault(call.module, lookup(call.module))
-        per_call = rule.grad_sample(call.module, call.input, grad_out)
-        summed = (rule.grad_batch(call.module, call.input, grad_out) if rule.grad_batch else
+        if call.module not in rules:
+            rule = lookup(call.module)
+            rules[call.module] = rule, rule.trainable(call.module)
+        rule, trainable = rules[call.module]
+        per_call = rule.grad_sample(call.module, call.inputs, grad_out, trainable)
+        summed = (rule.grad_batch(call.module, call.inputs, grad_out, trainable) if rule.grad_batch else
                   {k: v.sum(0) for k, v in per_call.items()}) if guard else {}
         for local, grad in per_call.items():
             param = getattr(call.module, local)
-            if isinstance(param, nn.Parameter) and param.requires_grad:
-                key = id(param)
-                by_param[key] = grad if key not in by_param else by_param[key] + grad
-                if residual is not None:
-                    residual.account(param, summed.pop(local))
+            key = id(param)
+            by_param[key] = grad if key not in by_param else by_param[key] + grad
+            if residual is not None:
+                residual.account(param, summed.pop(local))
     # Zeros only for parameters no call reached (a `get` default would allocate them for every
     # parameter, doubling the peak memory).
     per_sample = {
@@ -139,8 +146,13 @@ class HooksLikeMethod(RuleBasedMethod):
         checks.weighted_identity(context, per_sample, forward.losses, IDENTITY_HINT)
 
 
-@register
 class HooksMethod(HooksLikeMethod):
+    """`hooks`: each layer's input from a forward hook and its output gradient from one backward, turned into
+    per-sample gradients by the layer's rule (Goodfellow 2015, the outer-product trick).
+    """
+
+    reuses_outputs = True  # the Linear rule's outer products go into kept buffers (`persample.outputs`)
+
     capabilities = Capabilities(
         name="hooks",
         summary="forward hooks + output gradients + per-layer rules (Goodfellow's trick)",

@@ -17,7 +17,6 @@ On a GPU, JAX preallocates 75% of the memory at its first use: set the environme
 XLA_PYTHON_CLIENT_PREALLOCATE=false when JAX shares a process with torch measurements.
 
     >>> import torch, persample
-    >>> import persample.methods.jax  # registers "jax"
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     >>> grads = persample.per_sample_grads(model, torch.randn(16, 4), torch.randint(3, (16,)), method="jax")
     >>> grads["0.weight"].shape
@@ -31,11 +30,11 @@ from torch import nn
 from .. import checks
 from ..assumptions import AUTOGRAD_FUNCTIONS, GRAD_MODE, MATCHES_DEFINITION, PLAIN_FORWARD, SETTING, TRANSLATABLE
 from ..batch import CallArgs
-from ..capabilities import Finding, Refusal
+from ..capabilities import Capabilities, Finding, Refusal
 from ..contract import Batch, LossFn, trainable_parameters
 from ..errors import Unsupported
 from ..jax_translate.vocabulary import LAYER_TYPES
-from .registry import Capabilities, Method, register
+from .base import Method
 
 NOTES = (
     "Layers outside the list are traced through with torch.fx: a custom module works when its "
@@ -65,8 +64,11 @@ def _untranslatable(model: nn.Module, device: torch.device, dtype: torch.dtype) 
     return None
 
 
-@register
 class JaxMethod(Method):
+    """`jax`: the torch model traced with torch.fx, translated to JAX and run as jax.jit(jax.vmap(jax.grad(loss
+    of one sample))), on the same weights; `optimize=False` compiles faster and runs slower.
+    """
+
     capabilities = Capabilities(
         name="jax",
         summary="torch.fx translation to JAX: jax.jit(jax.vmap(jax.grad(loss of one sample)))",

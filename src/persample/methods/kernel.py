@@ -21,11 +21,10 @@ import torch
 from torch import nn
 
 from ..assumptions import SETTING
-from ..capabilities import Finding, Refusal
+from ..capabilities import Capabilities, Finding, Refusal
 from ..contract import Batch, LossFn, trainable_owners
 from ..rules import rule_types
 from .hooks import HooksLikeMethod
-from .registry import Capabilities, register
 from ..assumptions import OUTPUT_GRADIENTS, PLAIN_FORWARD
 from .rule_based import REFUSALS, RELIES_ON, RuleLookup
 
@@ -46,8 +45,12 @@ def _compiled_kernels_on_cpu(model: nn.Module, device: torch.device, dtype: torc
     return None
 
 
-@register
 class KernelMethod(HooksLikeMethod):
+    """`kernel`: the hooks method with each layer's per-sample formula as one fused Triton kernel (read once,
+    write once, float32 accumulation); layers without a kernel use the shared rules, and
+    `placement(model)` says which ran where.
+    """
+
     capabilities = Capabilities(
         name="kernel",
         summary="hooks with Triton kernels per layer: one fused read-once, write-once pass each",
@@ -58,23 +61,27 @@ class KernelMethod(HooksLikeMethod):
         requires=(("triton", "triton"),),
         relies_on=(*RELIES_ON, PLAIN_FORWARD.id, OUTPUT_GRADIENTS.id),
         refusals=(Refusal(SETTING.id, "the CPU only under TRITON_INTERPRET=1", _compiled_kernels_on_cpu), *REFUSALS),
-        notes="cpu only under TRITON_INTERPRET=1 (Triton's interpreter, slow); float64 unsupported "
-        "(the kernels accumulate in float32); layers without a kernel run on the shared rules, "
-        "reported by placement()",
+        notes="cpu only under TRITON_INTERPRET=1 (Triton's interpreter, slow); float64 models unsupported "
+        "(the kernels accumulate in float32); layers without a kernel, and layers of a dtype the kernels do "
+        "not take (a float64 head in a float32 model), run on the shared rules, reported by placement()",
     )
 
     def unavailable_reason(self) -> str | None:
+        """The missing package, else "no CUDA device" unless Triton interprets on the CPU, else None.
+        Code, not `Capabilities`: whether CUDA exists and the interpreter is on is known only at run time."""
         reason = super().unavailable_reason()
         if reason is None and not torch.cuda.is_available() and not interpreting():
             return f"no CUDA device; {CPU_HINT}"
         return reason
 
     def untimed_reason(self) -> str | None:
+        """Why this machine's time would mislead (Triton's CPU interpreter), or None."""
         if interpreting():
             return "runs under Triton's CPU interpreter (TRITON_INTERPRET=1): correct, but its time says nothing of the compiled kernel"
         return None
 
     def rule_lookup(self) -> RuleLookup:
+        """Each layer's Triton kernel rule where one exists, else the shared rule (`kernels.kernel_rule_for`)."""
         from ..kernels import kernel_rule_for
 
         return kernel_rule_for

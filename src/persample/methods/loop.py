@@ -23,11 +23,15 @@ from ..checks.loss import check_loss_shape
 from ..contract import Batch, LossFn, trainable_parameters
 from ..gradients import gradients
 from ..state import BufferSnapshot
-from .registry import Capabilities, Method, register
+from ..capabilities import Capabilities
+from .base import Method
 
 
-@register
 class LoopMethod(Method):
+    """`loop`: one forward and one autograd.grad per sample, each in a batch of one: the definition made
+    executable, and (in float64) the reference every method is held to.
+    """
+
     capabilities = Capabilities(
         name="loop",
         summary="one autograd.grad per sample, each in a batch of one (the reference)",

@@ -17,10 +17,9 @@ import importlib.util
 from torch import nn
 
 from ..assumptions import LAYER_RULES
-from ..capabilities import Finding, Refusal
+from ..capabilities import Capabilities, Finding, Refusal
 from ..contract import trainable_owners
 from .peer_support import Forward, PeerMethod
-from .registry import Capabilities, register
 from .torch_ew import expanded_weight_layers
 
 REQUIRES = (("opacus", "opacus"),)
@@ -30,7 +29,7 @@ CONVENTION = (
     "the unscaled per-sample gradient and needs no conversion (with 'mean' Opacus multiplies the "
     "output gradients by the batch size to undo the 1/B of a mean-reduced loss). "
 )
-MODES = {
+GRAD_SAMPLE_MODES = {  # Opacus's grad_sample_mode -> (summary, notes)
     "hooks": (
         "Opacus hooks: a registered grad sampler per exact layer type (its GRAD_SAMPLERS)",
         CONVENTION + "Opacus dispatches on the exact type and silently hands other layers (subclasses "
@@ -54,18 +53,19 @@ class OpacusMethod(PeerMethod):
     loss_reduction="sum" with the summed losses leaves grad_sample unscaled ("mean" multiplies by B)."""
 
     def __init__(self, mode: str) -> None:
-        if mode not in MODES:
-            raise ValueError(f"grad_sample_mode must be one of {', '.join(MODES)}; got {mode!r}")
+        if mode not in GRAD_SAMPLE_MODES:
+            raise ValueError(f"grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}; got {mode!r}")
         self.mode = mode
 
     @property
     def name(self) -> str:
+        """'opacus-<mode>': opacus-hooks, opacus-functorch or opacus-ew."""
         return f"opacus-{self.mode}"
 
     @property
     def capabilities(self) -> Capabilities:
         """Built on demand: importing Opacus takes seconds, so only its users pay for it."""
-        summary, notes = MODES[self.mode]
+        summary, notes = GRAD_SAMPLE_MODES[self.mode]
         refusals = () if self.mode == "ew" else (Refusal(
             LAYER_RULES.id, "what Opacus's validators refuse, modules in eval mode"
             + (", layers without a grad sampler (exact types)" if self.mode == "hooks" else ""),
@@ -76,7 +76,9 @@ class OpacusMethod(PeerMethod):
         )
 
     def unavailable_reason(self) -> str | None:
-        # The base class reads `self.capabilities`, whose layers would import Opacus (seconds).
+        """"needs the package 'opacus'" when it is not installed, else None. Code, not only
+        `Capabilities.requires`: the base class reads `self.capabilities`, whose layers would import
+        Opacus (seconds) just to say whether it is installed."""
         if importlib.util.find_spec("opacus") is None:
             return "needs the package 'opacus': pip install opacus"
         return None
@@ -101,6 +103,9 @@ class OpacusMethod(PeerMethod):
         return found
 
     def wrap(self, clone: nn.Module) -> Forward:
+        """The clone wrapped in Opacus's GradSampleModule in this grad_sample_mode, with loss_reduction='sum'
+        and batch_first.
+        """
         from opacus.grad_sample import wrap_model
 
         return wrap_model(clone, grad_sample_mode=self.mode, batch_first=True, loss_reduction="sum")
@@ -144,5 +149,7 @@ def missing_grad_sampler(model: nn.Module) -> Finding | None:
     return None
 
 
-for _mode in MODES:
-    register(OpacusMethod(_mode))
+# One method per grad_sample_mode, named in `registry.BUILTIN_METHODS` (cheap: Opacus is imported on use).
+OPACUS_HOOKS = OpacusMethod("hooks")
+OPACUS_FUNCTORCH = OpacusMethod("functorch")
+OPACUS_EW = OpacusMethod("ew")

@@ -23,8 +23,8 @@ from .base import Method
 class SharedClone:
     """A deep copy of `model` whose parameters are new leaves on the same storage as the user's.
 
-    Hooks, wrappers, `.grad` and library attributes land on the copy; buffers are the user's own
-    tensors. `sync()` follows what a training loop changes between steps: parameter storage
+    Hooks, wrappers, `.grad` and library attributes land on the copy; buffers and tensors held as
+    plain attributes are the user's own tensors (one reassigned changes the cache key, `cache.structure`). `sync()` follows what a training loop changes between steps: parameter storage
     (`p.data = ...`, `model.to(...)`), buffers and train/eval mode.
     """
 
@@ -32,10 +32,12 @@ class SharedClone:
         memo: dict[int, object] = {id(b): b for b in model.buffers()}
         for p in model.parameters():
             memo[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
-        for module in model.modules():  # weights a pre-hook computed (weight_norm): recomputed anyway
+        for module in model.modules():
             for value in vars(module).values():
                 if isinstance(value, torch.Tensor) and value.grad_fn is not None:
-                    memo[id(value)] = value.detach()
+                    memo[id(value)] = value.detach()  # a pre-hook's weight (weight_norm): recomputed anyway
+                elif isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+                    memo[id(value)] = value  # a plain tensor attribute (a mask): shared, so an in-place edit is seen
         self.module = copy.deepcopy(model, memo)
         self.parameter_pairs = [(p, memo[id(p)]) for p in model.parameters()]
         self.module_pairs = list(zip(model.modules(), self.module.modules()))

@@ -1,6 +1,9 @@
-"""The registry of methods by name: built-ins, entry-point plugins and `module:object` specs.
+"""The registry of methods by name: the built-ins (a static table, imported on first lookup),
+entry-point plugins and `module:object` specs.
 
-The Method protocol lives in `persample.methods.base`, capabilities in `persample.capabilities`.
+The Method protocol lives in `persample.methods.base`, capabilities in `persample.capabilities`. No
+method module imports this one: the table below names each built-in as a "module:object" string,
+so the import graph has no cycle and a lookup imports only what it needs.
 """
 from __future__ import annotations
 
@@ -17,17 +20,67 @@ from .base import Method, PreparedStep, _can_run
 Step = PreparedStep
 ENTRY_POINT_GROUP = "persample.methods"
 
+# The built-in methods: name -> "module:object" (a Method instance, class or factory). Order here is
+# display order (`persample methods`, the report, the grid, auto's last-resort order); to add a
+# method, add its line.
+BUILTIN_METHODS: dict[str, str] = {
+    "loop": "persample.methods.loop:LoopMethod",
+    "hooks": "persample.methods.hooks:HooksMethod",
+    "expand": "persample.methods.expand:ExpandMethod",
+    "vmap": "persample.methods.vmap:VmapMethod",
+    "kernel": "persample.methods.kernel:KernelMethod",
+    "jax": "persample.methods.jax:JaxMethod",
+    # the peers
+    "torch-ew": "persample.methods.torch_ew:TorchExpandedWeightsMethod",
+    "opacus-hooks": "persample.methods.opacus:OPACUS_HOOKS",
+    "opacus-functorch": "persample.methods.opacus:OPACUS_FUNCTORCH",
+    "opacus-ew": "persample.methods.opacus:OPACUS_EW",
+    "backpack": "persample.methods.backpack:BackpackMethod",
+    # chooses among the others
+    "auto": "persample.methods.auto:AutoMethod",
+}
 
 _REGISTRY: dict[str, Method] = {}
 _PLUGINS_LOADED = False
 
 
+def _instance(obj: object, spec: str) -> Method:
+    """`obj` as a Method: an instance as is, a class or factory called with no arguments.
+
+    Raises `TypeError` when the result is not a `Method`.
+    """
+    if isinstance(obj, type) or (callable(obj) and not isinstance(obj, Method)):
+        obj = obj()
+    if not isinstance(obj, Method):
+        raise TypeError(f"{spec} gives {obj!r}, not a persample Method (subclass persample.Method)")
+    return obj
+
+
+def _load_builtin(name: str) -> Method:
+    """The built-in method `name` (a key of `BUILTIN_METHODS`), imported and registered on first use.
+
+    Raises `RuntimeError` when the object the table names calls itself by another name.
+    """
+    method = _REGISTRY.get(name)
+    if method is None:
+        spec = BUILTIN_METHODS[name]
+        method = _instance(load_spec(spec, "method"), spec)
+        if method.name != name:
+            raise RuntimeError(f"BUILTIN_METHODS[{name!r}] = {spec!r} names a method called {method.name!r}")
+        _REGISTRY[name] = method
+    return method
+
+
 def register(method: Method | type[Method]) -> Method | type[Method]:
-    """Register a method (instance or zero-argument class); usable as a class decorator."""
+    """Register a method (instance or zero-argument class); usable as a class decorator.
+
+    Returns `method` unchanged. Raises `TypeError` when it is not a `Method`, `ValueError` when
+    another class already holds its name.
+    """
     instance = method() if isinstance(method, type) else method
     if not isinstance(instance, Method):
         raise TypeError(f"{method!r} is not a persample Method (subclass persample.Method)")
-    known = _REGISTRY.get(instance.name)
+    known = _load_builtin(instance.name) if instance.name in BUILTIN_METHODS else _REGISTRY.get(instance.name)
     if known is not None and type(known).__qualname__ != type(instance).__qualname__:
         raise ValueError(f"a method named {instance.name!r} is already registered ({type(known).__module__}."
                          f"{type(known).__qualname__}); give {type(instance).__qualname__} another capabilities.name")
@@ -37,10 +90,12 @@ def register(method: Method | type[Method]) -> Method | type[Method]:
 
 def load_object(spec: str) -> Method:
     """Load and register a method given as 'module:object' or 'path/to/file.py:object' (a Method
-    instance, class or factory)."""
-    obj = load_spec(spec, "method")
-    if isinstance(obj, type) or (callable(obj) and not isinstance(obj, Method)):
-        obj = obj()
+    instance, class or factory).
+
+    Returns the registered instance. Raises what `specs.load_spec` raises, `TypeError` when the
+    object is not a Method, `ValueError` when its name is taken.
+    """
+    obj = _instance(load_spec(spec, "method"), spec)
     register(obj)
     return obj
 
@@ -56,17 +111,25 @@ def load_plugins() -> None:
 
 
 def registered() -> Mapping[str, Method]:
-    """All registered methods by name: built-ins first, then plugins."""
-    from . import builtin  # noqa: F401  (registers the built-in methods)
-
+    """All registered methods by name: the built-ins in `BUILTIN_METHODS` order, then plugins and
+    specs in the order they registered (a new dict; importing every built-in module on first call)."""
+    builtins = {name: _load_builtin(name) for name in BUILTIN_METHODS}
     load_plugins()
-    return dict(_REGISTRY)
+    return {**builtins, **{name: method for name, method in _REGISTRY.items() if name not in builtins}}
 
 
 def get(method: str | Method) -> Method:
-    """The method registered under `method`, or `method` itself if it already is one."""
+    """The method registered under `method`, or `method` itself if it already is one.
+
+    A built-in name imports that method's module only. Raises `ValueError` for an unknown name
+    (the message lists the registered ones).
+    """
     if isinstance(method, Method):
         return method
+    if method in BUILTIN_METHODS:
+        return _load_builtin(method)
+    if method in _REGISTRY:
+        return _REGISTRY[method]
     methods = registered()
     if method not in methods:
         raise ValueError(f"unknown method {method!r}; registered: {', '.join(methods)}")
@@ -74,11 +137,13 @@ def get(method: str | Method) -> Method:
 
 
 def methods_supporting(model: nn.Module, device: torch.device, dtype: torch.dtype) -> list[str]:
-    """Names of registered methods whose declared refusals leave `model` on `device` in `dtype`."""
+    """Names of registered methods (display order) whose declared refusals leave `model` on `device`
+    in `dtype`."""
     return [name for name, method in registered().items() if _can_run(method, model, device, dtype)]
 
 
-__all__ = ["FLOATING", "Capabilities", "Finding", "Method", "PreparedStep", "Refusal", "Step", "available_methods",
+__all__ = ["BUILTIN_METHODS", "FLOATING", "Capabilities", "Finding", "Method", "PreparedStep", "Refusal", "Step",
+           "available_methods",
            "get", "load_object", "methods_supporting", "register", "registered"]
 
 

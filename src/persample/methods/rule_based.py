@@ -79,11 +79,17 @@ class RuleBasedMethod(Method):
     takes_call_args = True
 
     def rule_lookup(self) -> RuleLookup:
+        """The function giving each layer its rule: `rules.rule_for` (the kernel method substitutes its Triton
+        rules).
+        """
         return rule_for
 
     def captured_layers(self, model: nn.Module) -> frozenset[nn.Module]:
+        """Every module owning a trainable parameter: the layers whose calls the checks record."""
         return frozenset(owners_with_rules(model, self.rule_lookup()))
 
     def _check_assumptions(self, context: checks.CheckContext) -> None:
         checks.check_observed(context, self.capabilities.relies_on)
         checks.probe_batch_layout(context)
+        checks.samples_alone(context)  # the batch computes each sample as it would alone: values,
+        checks.whole_batch_gradients(context, weighted_sum=PLAIN_FORWARD.id in self.capabilities.relies_on)  # and gradients

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .peer_support import Forward, PeerMethod
-from .registry import Capabilities, register
+from ..capabilities import Capabilities
 
 # The function each layer's forward calls; a layer is supported where ExpandedWeights handles all
 # of its functions (`HANDLED_FUNCTIONS`, plus the RNN ops it decomposes into F.linear).
@@ -68,7 +68,6 @@ def expanded_weights_forward(module: nn.Module) -> Forward:
     return forward
 
 
-@register
 class TorchExpandedWeightsMethod(PeerMethod):
     """No conversion: with loss_reduction="sum" and the summed losses, grad_sample is unscaled
     (torch's "mean" would multiply it by B to undo a mean-reduced loss's 1/B)."""
@@ -82,4 +81,5 @@ class TorchExpandedWeightsMethod(PeerMethod):
     )
 
     def wrap(self, clone: nn.Module) -> Forward:
+        """The clone's forward through torch's ExpandedWeights (call_for_per_sample_grads)."""
         return expanded_weights_forward(clone)

@@ -26,10 +26,10 @@ from torch.func import functional_call, grad, vmap
 from .. import checks
 from ..assumptions import BATCHING_RULES, MATCHES_DEFINITION
 from ..batch import CallArgs
-from ..capabilities import Finding, Refusal, refusal
+from ..capabilities import Capabilities, Finding, Refusal, refusal
 from ..contract import Batch, LossFn, trainable_parameters
 from ..observe import module_stack
-from .registry import Capabilities, Method, register
+from .base import Method
 
 # torch.func has no batching rule for the fused RNN kernels; its generic fallback works only for
 # the oneDNN float32 CPU LSTM kernel (nn.RNN and nn.GRU fail with a broadcast error, and so does
@@ -60,18 +60,52 @@ def dense_embeddings(model: nn.Module) -> Iterator[None]:
             module.sparse = True
 
 
+def tensor_slots(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
+    """(slots, names) for `model`'s parameters and buffers: `slots` maps one qualified name per
+    (module, attribute) slot to the name `named_parameters()`/`named_buffers()` give the tensor it
+    holds (its canonical name); `names` maps every qualified name (`remove_duplicate=False`) to it.
+
+    A module registered under two names (`nn.Sequential(l, act, l)`, `self.b = self.a`) is one slot
+    under two names: swapping a tensor into it once per name, as `functional_call(tie_weights=True)`
+    does, restores the second name's swap last and leaves torch.func's tensor in the model in
+    place of the Parameter. One tensor held by two modules (a tied embedding and output layer) is
+    two slots with one canonical name: both get the same value, as tying requires."""
+    canonical: dict[int, str] = {}
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        canonical.setdefault(id(tensor), name)
+    slots: dict[str, str] = {}
+    names: dict[str, str] = {}
+    seen: set[tuple[int, str]] = set()
+    for qualname, module in model.named_modules(remove_duplicate=False):
+        for kind in (module._parameters, module._buffers):
+            for local, tensor in kind.items():
+                if tensor is None or id(tensor) not in canonical:
+                    continue
+                name = f"{qualname}.{local}" if qualname else local
+                names[name] = canonical[id(tensor)]
+                if (id(module), local) not in seen:
+                    seen.add((id(module), local))
+                    slots[name] = canonical[id(tensor)]
+    return slots, names
+
+
 def per_sample_function(model: nn.Module, loss_fn: LossFn, call: CallArgs, mutated: frozenset[str], chunk_size: int | None):
     """`f(params, call, targets) -> {name: (B, *shape)}`; buffers in `mutated` are copied per sample.
-    Frozen parameters and buffers are read when called (their current values and dtypes)."""
+    Frozen parameters and buffers are read when called (their current values and dtypes). Each
+    (module, attribute) slot is swapped once (`tensor_slots`), so a module registered under two
+    names gets its parameters' gradients summed over its calls, as autograd gives them."""
     positional = [isinstance(a, torch.Tensor) for a in call.args]
     keywords = {k: isinstance(v, torch.Tensor) for k, v in call.kwargs.items()}
+    layout: list[dict[str, str]] = [{}]  # the slots of the model as called: set by `run`
 
     def sample_loss(params, state, own_buffers, args, kwargs, target):
         one = CallArgs(
             tuple(a.unsqueeze(0) if batched else a for a, batched in zip(args, positional)),
             {k: v.unsqueeze(0) if keywords[k] else v for k, v in kwargs.items()},
         )
-        outputs = functional_call(model, (params, state, own_buffers), one.args, one.kwargs)
+        values = {**params, **state, **own_buffers}
+        swapped = {slot: values[name] for slot, name in layout[0].items() if name in values}
+        outputs = functional_call(model, swapped, one.args, one.kwargs, tie_weights=False)
         return loss_fn(outputs, target.unsqueeze(0))[0]
 
     in_dims = (None, None, 0, tuple(0 if b else None for b in positional), {k: 0 if b else None for k, b in keywords.items()}, 0)
@@ -79,18 +113,23 @@ def per_sample_function(model: nn.Module, loss_fn: LossFn, call: CallArgs, mutat
 
     def run(params, call: CallArgs, targets: torch.Tensor):
         batch = targets.shape[0]
+        layout[0], names = tensor_slots(model)
+        copied = {names[n] for n in mutated if n in names}  # the canonical names of buffers updated in place
         buffers = dict(model.named_buffers())
         state = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-        state.update({n: b for n, b in buffers.items() if n not in mutated})
-        own = {n: buffers[n].unsqueeze(0).expand(batch, *buffers[n].shape).clone() for n in mutated}
+        state.update({n: b for n, b in buffers.items() if n not in copied})
+        own = {n: buffers[n].unsqueeze(0).expand(batch, *buffers[n].shape).clone() for n in copied if n in buffers}
         with dense_embeddings(model):
             return batched(params, state, own, call.args, call.kwargs, targets)
 
     return run
 
 
-@register
 class VmapMethod(Method):
+    """`vmap`: torch.func's vmap(grad(loss of one sample)) over a functional call; `chunk_size` bounds memory
+    by batching that many samples at a time.
+    """
+
     capabilities = Capabilities(
         name="vmap",
         summary="torch.func: vmap(grad(loss of one sample)) over a functional call",

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..bench.timing import CPU_THREADING_ENV
+from ..bench.timing import threading_env
 from .report import FAIL_ON
 
 RELAUNCHED = "PERSAMPLE_CHECK_RELAUNCHED"
@@ -21,6 +21,9 @@ USAGE_ERROR = 2
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `persample check path/to/file.py:factory` (check and time every method on your own model) to
+    `subparsers`.
+    """
     parser = subparsers.add_parser(
         "check", help="check and time every method on your own model (path/to/file.py:factory)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -47,6 +50,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    """Run `persample check` with parsed `args`: write check.json (and index.html) under --out and print the
+    table; returns the exit status (1 when --fail-on methods are wrong or fail, 2 for a usage error).
+    """
     if getattr(args, "from_command_line", False):
         _relaunch_with_passive_threads()
     from .page import write_page
@@ -95,9 +101,11 @@ def _usage_error(message: str) -> int:
 
 
 def _relaunch_with_passive_threads() -> None:
-    """Restart this command once with `CPU_THREADING_ENV` set: OpenMP reads it when torch loads,
-    and spinning threads on a small VM add tens of milliseconds to a step (see bench.timing)."""
-    missing = {k: v for k, v in CPU_THREADING_ENV.items() if k not in os.environ}
+    """Restart this command once with the benchmark processes' environment (`threading_env`:
+    passive OpenMP threads, huge pages for large tensors) set: both are read when torch loads or
+    first allocates, and spinning threads on a small VM add tens of milliseconds to a step, page
+    faults on fresh per-sample gradients more (see bench.timing)."""
+    missing = threading_env()
     if not missing or os.environ.get(RELAUNCHED):
         return
     env = {**os.environ, **missing, RELAUNCHED: "1"}

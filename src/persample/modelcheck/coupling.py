@@ -43,6 +43,50 @@ def coupling(model: torch.nn.Module, call: CallArgs, targets: torch.Tensor, loss
     return None
 
 
+def reference_coupling(variant, reference: dict[str, torch.Tensor], tolerance: float) -> str | None:
+    """A sentence saying that the reference's Σᵢ gᵢ (each sample alone) is not the batch gradient of
+    the summed loss, or None when it is, within `tolerance` (relative, per parameter, floored at
+    `VANISHING_FRACTION` of the largest). Both in the reference's dtype: on a float64 copy of the model
+    and batch when `reference` is float64. A model can couple the samples (or depend on the batch's
+    size) in ways no sample's loss value shows: a gradient routed between rows (`h + (s - s.detach())`
+    with `s` a sum over the batch), a forward scaled by `x.shape[0]`; this is where it shows, from the
+    reference itself, so that the check never holds a right method, the reference included, to an
+    invariant the model does not satisfy. Raises nothing: a batch gradient that cannot be taken
+    leaves the question open (None)."""
+    from ..contract import trainable_parameters
+    from ..gradients import gradients
+    from ..reference import compare
+    from ..state import copy_model, preserved
+
+    if variant.call.batch_size < 2 or not reference:
+        return None
+    dtype = next(iter(reference.values())).dtype
+    model = variant.model
+    try:
+        if dtype == torch.float64 and next(iter(trainable_parameters(model).values())).dtype != torch.float64:
+            model = copy_model(model).to(torch.float64)
+            for (_, copy), (_, param) in zip(model.named_parameters(), variant.model.named_parameters()):
+                for hook in (getattr(param, "_backward_hooks", None) or {}).values():
+                    copy.register_hook(hook)  # as the reference does: the gradient includes them
+        call = variant.call.map(lambda t: t.to(dtype) if t.is_floating_point() else t)
+        targets = variant.targets.to(dtype) if variant.targets.is_floating_point() else variant.targets
+        params = {n: p for n, p in trainable_parameters(model).items() if n in reference}
+        with preserved(model), torch.enable_grad():
+            batch = gradients(variant.loss_fn(call.call(model), targets).sum(), list(params.values()))
+    except Exception:  # noqa: BLE001 (the reference ran; its batch gradient is the check's own side)
+        return None
+    summed = {n: reference[n].sum(0, keepdim=True) for n in params}
+    comparison = compare(summed, {n: g.unsqueeze(0).to(summed[n].dtype) for n, g in zip(params, batch)})
+    if comparison.problems or comparison.max_relative <= tolerance:
+        return None
+    worst = max(comparison.relative, key=comparison.relative.get)
+    return (f"Σᵢ gᵢ of the reference (each sample alone) differs from the batch gradient of the summed loss "
+            f"(relative {comparison.max_relative:.3g}, in parameter {worst!r}): the model couples the samples of a "
+            "batch or depends on the batch's size (x.shape[0], a statistic over the batch, a gradient routed "
+            "between rows), even where no sample's loss value shows it, so each sample's gradient alone, which "
+            "every method must compute, does not add up to the batch gradient")
+
+
 def _losses(model, call: CallArgs, targets: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
     with restored_after(model):  # with gradients: a forward may differentiate inside (an energy model)
         return loss_fn(call.call(model), targets).detach().double()

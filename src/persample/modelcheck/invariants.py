@@ -61,6 +61,9 @@ def _differs(got: Grads, want: Grads, tolerance: Tolerance) -> str | None:
 
 
 def sum_equals_batch_gradient(variant: Variant, grads: Grads, tolerance: Tolerance) -> str | None:
+    """Why Σᵢ gᵢ differs from the gradient of the summed loss beyond `tolerance` (saying when it is the mean
+    loss's gradient instead), or None.
+    """
     want = batch_gradient(variant, variant.call, variant.targets)
     summed = {name: g.sum(0) for name, g in grads.items()}
     problem = _differs(_as_batch_of_one(summed), _as_batch_of_one(want), tolerance)
@@ -82,6 +85,9 @@ def _scale(got: Grads, want: Grads) -> float | None:
 
 
 def batch_of_one_equals_autograd(variant: Variant, compute: Compute, tolerance: Tolerance, sample: int = 0) -> str | None:
+    """Why `compute` on sample `sample` alone differs from plain autograd on that batch of one beyond
+    `tolerance`, or None.
+    """
     call, targets = variant.call.select(sample), variant.targets[sample:sample + 1]
     want = _as_batch_of_one(batch_gradient(variant, call, targets))
     return _differs(compute(call, targets), want, tolerance)
@@ -107,6 +113,9 @@ def other_samples_unchanged(variant: Variant, compute: Compute, grads: Grads, to
 
 
 def model_left_as_found(snapshot: ModelSnapshot, variant: Variant) -> str | None:
+    """The first three ways `variant.model` differs from `snapshot` (values, grads, modes, hooks, attributes)
+    and how many more, or None.
+    """
     differences = snapshot.differences(variant.model)
     if not differences:
         return None

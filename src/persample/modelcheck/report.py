@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..reference import mode_name
+from ..modes import mode_name
 from ..report.format import DASH, bytes_text, error_text, ratio_text, seconds_text
 from .judge import CORRECT, FAILED, REFUSED, UNAVAILABLE, UNJUDGED, WRONG
 from .measure import Measurement
@@ -41,6 +41,7 @@ class MethodResult:
     measurements: list[Measurement] = field(default_factory=list)
 
     def at(self, batch_size: int) -> Measurement | None:
+        """The measurement at `batch_size`, or None."""
         return next((m for m in self.measurements if m.batch_size == batch_size), None)
 
 
@@ -75,6 +76,7 @@ class CheckReport:
         return min(self.batch_sizes, key=lambda b: (abs(math.log(b / self.batch_size)), b))
 
     def baseline_at(self, dtype: str, batch_size: int) -> Measurement | None:
+        """The baseline's (plain training's) measurement in `dtype` at `batch_size`, or None."""
         return next((m for m in self.baseline.get(dtype, []) if m.batch_size == batch_size), None)
 
     def ratio(self, result: MethodResult, batch_size: int) -> float | None:
@@ -117,6 +119,7 @@ class CheckReport:
         return asdict(self)
 
     def write_json(self, path: Path) -> Path:
+        """Write the report as JSON to `path` (creating its directory); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -124,6 +127,7 @@ class CheckReport:
 
     @classmethod
     def from_dict(cls, data: dict) -> CheckReport:
+        """The report of a check.json's contents. Raises `ValueError` for another schema."""
         if data.get("schema") != SCHEMA:
             raise ValueError(f"not a check record of schema {SCHEMA!r} (found {data.get('schema')!r})")
         measurements = lambda items: [Measurement(**m) for m in items]  # noqa: E731
@@ -133,6 +137,7 @@ class CheckReport:
 
     @classmethod
     def read(cls, path: Path) -> CheckReport:
+        """The report stored at `path` (a check.json). Raises `ValueError` for another schema."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def table(self, width: int = 120) -> str:

@@ -17,14 +17,15 @@ from ..errors import LossNotPerSample, Unsupported
 from ..machine import cpu_model, machine_name
 from ..methods.base import Method
 from ..methods.registry import get, load_object, registered
-from ..reference import mode_name, tolerance_for
-from .coupling import coupling
+from ..modes import mode_name, tolerance_for
+from .coupling import coupling, reference_coupling
 from .judge import CORRECT, UNJUDGED, Judgement, judge, reference_for
 from .measure import FULL, QUICK, Measurement, available_bytes, measure, too_big
 from .report import CheckReport, MethodResult
 from .subject import Subject, Variant
 
 Progress = Callable[[str], None]
+REFERENCE_COUPLING = 1e-7  # Σᵢ gᵢ against the batch gradient, both float64: rounding is ~1e-14; a coupling ≫ 1e-7
 
 
 def check(
@@ -94,6 +95,10 @@ def _check(model, inputs, targets, loss_fn, methods, dtypes, device, batch_sizes
         say(f"{mode}: reference (loop in float64) ...")
         reference = reference_for(variant)
         report.references[mode] = reference.description
+        coupled_here = coupled or _reference_coupling(variant, reference)
+        if coupled_here and not coupled:
+            say(f"note: {mode}: {coupled_here}")
+            report.notes.append(f"{mode}: {coupled_here}; the invariant 'Σᵢ gᵢ equals the batch gradient' is not checked")
         if reference.refusal:
             report.notes.append(f"{mode}: every method should refuse this model, as the reference does: {reference.refusal}")
         say(f"{mode}: baseline (one backward of the mean loss) at B={', '.join(map(str, sizes))} ...")
@@ -101,7 +106,7 @@ def _check(model, inputs, targets, loss_fn, methods, dtypes, device, batch_sizes
         for method, kind in chosen:
             done += 1
             say(f"[{done}/{total}] {mode} {method.name}: judging ...")
-            judgement = judge(method, variant, reference, coupled)
+            judgement = judge(method, variant, reference, coupled_here)
             result = _result(method, kind, mode, judgement)
             if judgement.status in (CORRECT, UNJUDGED):
                 result.untimed = method.untimed_reason() or ""
@@ -120,6 +125,15 @@ def _check(model, inputs, targets, loss_fn, methods, dtypes, device, batch_sizes
         report.notes.append("the ranking was not kept for method='auto': only some methods were checked (check them all to keep it)")
     report.seconds = time.perf_counter() - began
     return report
+
+
+def _reference_coupling(variant: Variant, reference) -> str | None:
+    """Whether the reference itself says the samples are coupled (`coupling.reference_coupling`):
+    float64 rounding when the reference is float64, else the variant dtype's tolerance."""
+    if reference.grads is None:
+        return None
+    float64 = next(iter(reference.grads.values())).dtype == torch.float64
+    return reference_coupling(variant, reference.grads, REFERENCE_COUPLING if float64 else tolerance_for(variant.dtype).relative)
 
 
 def _device(device, subject: Subject) -> torch.device:
@@ -257,10 +271,11 @@ def _notes(report: CheckReport, subject: Subject, device: torch.device) -> list[
         notes.append("with fewer than three samples, 'changing one sample leaves the others unchanged' is not checked")
     if device.type == "cpu":
         notes.append("no GPU here: times are CPU times; a GPU ranks methods differently (see the report's GPU results)")
-        from ..bench.timing import threading_env
+        from ..bench.timing import CPU_THREADING_ENV, threading_env
 
-        if threading_env():
-            notes.append(f"OpenMP threads spin here ({', '.join(f'{k}={v}' for k, v in threading_env().items())} is not set): on "
+        spinning = {k: v for k, v in threading_env().items() if k in CPU_THREADING_ENV}
+        if spinning:
+            notes.append(f"OpenMP threads spin here ({', '.join(f'{k}={v}' for k, v in spinning.items())} is not set): on "
                          "a small VM that can add tens of milliseconds to a step; set it before Python starts "
                          "(`persample check` does)")
     untimed = sorted({r.method for r in report.results if r.untimed})

@@ -73,14 +73,17 @@ class Subject:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the model's first trainable parameter."""
         return first_trainable_parameter(self.model).dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's first trainable parameter."""
         return first_trainable_parameter(self.model).device
 
     @property
     def parameter_count(self) -> int:
+        """The number of trainable parameter elements."""
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def variant(self, dtype: torch.dtype, device: torch.device) -> Variant:

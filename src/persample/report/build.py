@@ -12,11 +12,11 @@ import plotly.offline
 from .. import recommendations as store
 from ..bench.asv_publish import how_to_open
 from ..machine import machine_info
-from . import summary
 from .capabilities import capability_rows
 from .data import ReportData, load
 from .format import FILTERS
 from .recommend import peer_test, recommend
+from .recommendation_summary import machines_of, summarize_recommendations
 from .verdicts import ConformanceIndex
 from .views import Figures, machine_views
 
@@ -41,7 +41,7 @@ def build_report(reports_dir: Path, out: Path, package_summary: Path | None = No
     figures = Figures()
     machines = machine_views(data, index, recommendations, figures, this_machine)
     out.parent.mkdir(parents=True, exist_ok=True)
-    digest = summary.summarize(recommendations, summary.machines_of(data))
+    digest = summarize_recommendations(recommendations, machines_of(data))
     store.write(digest, out.parent / SUMMARY_NAME)
     store.write(digest, store.local_cache() / store.FILE_NAME, merge_existing=True)  # a local measurement wins
     if package_summary is not None:
@@ -63,14 +63,15 @@ def build_report(reports_dir: Path, out: Path, package_summary: Path | None = No
     return out
 
 
-def render(**context) -> str:
-    """The page from `templates/index.html`."""
+def render(template: str = "index.html", **context) -> str:
+    """The page (or, for a test, one part of it) from `templates/<template>`, as HTML text. Raises
+    `jinja2.UndefinedError` when the context lacks a variable the template uses."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True,
     )
     environment.filters.update(FILTERS)
-    return environment.get_template("index.html").render(**context)
+    return environment.get_template(template).render(**context)
 
 
 def write_assets(assets: Path) -> None:

@@ -27,6 +27,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    """Run `persample report` with parsed `args`: build the page (and, with --package-summary, update the
+    packaged recommendations); returns 0. Raises `SystemExit` when the package is not writable for
+    --package-summary.
+    """
     from .build import build_report
 
     out = args.out or args.reports_dir / "index.html"

@@ -7,91 +7,11 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..conformance.records import SCHEMA as CONFORMANCE_SCHEMA
-
-CAPTURED = "captured"
-
-
-def _number(text: str | None) -> float | None:
-    if text is None or not text.strip():
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _integer(text: str | None) -> int | None:
-    value = _number(text)
-    return None if value is None else int(value)
-
-
-@dataclass(frozen=True)
-class BenchRow:
-    """One row of `results.csv`: one method timed on one case of one machine."""
-
-    machine: str
-    device: str
-    gpu: str
-    workload: str
-    size: str
-    batch_size: int
-    dtype: str
-    method: str
-    variant: str
-    status: str
-    reason: str
-    median_s: float | None
-    spread_s: float | None
-    peak_memory_bytes: int | None
-    baseline_s: float | None
-    baseline_memory_bytes: int | None
-    floor_s: float | None
-    floor_bytes: int | None
-    floor_flops: float | None
-    source: str
-    commit: str
-    date: str
-
-    @classmethod
-    def from_csv(cls, row: dict[str, str]) -> "BenchRow":
-        text = {key: (row.get(key) or "").strip() for key in row}
-        return cls(
-            machine=text["machine"], device=text.get("device", ""), gpu=text.get("gpu", ""),
-            workload=text["workload"], size=text.get("size", ""),
-            batch_size=_integer(text["batch_size"]) or 0, dtype=text["dtype"],
-            method=text["method"], variant=text.get("variant") or "eager",
-            status=text.get("status") or "ok", reason=text.get("reason", ""),
-            median_s=_number(text.get("median_s")), spread_s=_number(text.get("spread_s")),
-            peak_memory_bytes=_integer(text.get("peak_memory_bytes")),
-            baseline_s=_number(text.get("baseline_s")),
-            baseline_memory_bytes=_integer(text.get("baseline_memory_bytes")),
-            floor_s=_number(text.get("floor_s")), floor_bytes=_integer(text.get("floor_bytes")),
-            floor_flops=_number(text.get("floor_flops")), source=text.get("source", ""),
-            commit=text.get("commit", ""), date=text.get("date", ""),
-        )
-
-    @property
-    def captured(self) -> bool:
-        return self.variant == CAPTURED
-
-    @property
-    def label(self) -> str:
-        """The method as the report names it; a captured variant is the method "+ CUDA graph"."""
-        return f"{self.method} + CUDA graph" if self.captured else self.method
-
-    @property
-    def out_of_memory(self) -> bool:
-        return self.status == "failed" and "out of memory" in self.reason.lower()
-
-    @property
-    def timed(self) -> bool:
-        return self.status == "ok" and self.median_s is not None and self.median_s > 0
+from ..results_schema import BenchRow  # the results table's one definition
 
 
 @dataclass
@@ -105,10 +25,12 @@ class ConformanceRun:
 
     @property
     def name(self) -> str:
+        """The machine's name from the file, else the file's stem."""
         return self.machine.get("name") or self.path.stem
 
     @property
     def device(self) -> str:
+        """The machine's device type from the file, else the first record's, else 'cpu'."""
         return self.machine.get("device") or (self.records[0]["device"] if self.records else "cpu")
 
 
@@ -124,13 +46,14 @@ class ReportData:
 
 
 def read_results(path: Path) -> list[BenchRow]:
-    """Rows of `results.csv`; of rows repeating a key, the one with the latest date wins."""
+    """Rows of `results.csv` (schema: `results_schema.BenchRow`); of rows repeating a key
+    (`results_schema.KEY_COLUMNS`), the one with the latest date wins. Raises `KeyError` when a
+    required column is absent, `OSError` when the file cannot be read."""
     with path.open(newline="") as handle:
         rows = [BenchRow.from_csv(row) for row in csv.DictReader(handle)]
     latest: dict[tuple, BenchRow] = {}
     for row in sorted(rows, key=lambda r: r.date):
-        key = (row.machine, row.gpu, row.workload, row.size, row.batch_size, row.dtype, row.method, row.variant)
-        latest[key] = row
+        latest[row.key] = row
     return list(latest.values())
 
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..modes import display_key
 from .data import ConformanceRun
 
-DTYPE_ORDER = ("float32", "tf32", "bfloat16", "float16", "autocast-bf16", "float64")
 SYMBOLS = {"pass": "✓", "fail": "✗", "unsupported": "–", "error": "!", "reference": "="}
 """✓ right; ✗ wrong or crashed; – refused (with the reason); ! LossNotPerSample (the loss depends on
 the batch: the expected answer); = the float64 loop, the reference itself."""
 
 
 def dtype_key(dtype: str) -> tuple[int, str]:
-    """Sort key: the usual training dtypes first."""
-    return (DTYPE_ORDER.index(dtype) if dtype in DTYPE_ORDER else len(DTYPE_ORDER), dtype)
+    """Sort key for a mode or dtype name: the order of `persample.modes.MODES` (the usual training
+    modes first, float64 last), unknown names after them."""
+    return display_key(dtype)
 
 
 def error_ratio(record: dict) -> float | None:
@@ -29,21 +30,24 @@ def error_ratio(record: dict) -> float | None:
 
 
 @dataclass(frozen=True)
-class Cell:
+class MatrixCell:
     """One (method, workload, dtype) conformance result."""
 
     record: dict
 
     @property
     def outcome(self) -> str:
+        """The record's outcome: pass, fail, unsupported, error or reference."""
         return self.record["outcome"]
 
     @property
     def ratio(self) -> float | None:
+        """The measured error over its tolerance (the larger of relative and per-sample), or None."""
         return error_ratio(self.record)
 
     @property
     def symbol(self) -> str:
+        """The outcome's symbol, with '*' for a known deviation (verdict xfail)."""
         mark = SYMBOLS.get(self.outcome, "?")
         return mark + ("*" if self.record.get("verdict") == "xfail" else "")
 
@@ -77,12 +81,14 @@ class Matrix:
     dtype: str
     methods: list[str]
     workloads: list[str]
-    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+    cells: dict[tuple[str, str], MatrixCell] = field(default_factory=dict)
 
-    def cell(self, method: str, workload: str) -> Cell | None:
+    def cell(self, method: str, workload: str) -> MatrixCell | None:
+        """The cell of `method` on `workload`, or None where none ran."""
         return self.cells.get((method, workload))
 
     def counts(self) -> dict[str, int]:
+        """How many cells have each outcome (pass, fail and unsupported always present)."""
         counts = {"pass": 0, "fail": 0, "unsupported": 0}
         for cell in self.cells.values():
             counts[cell.outcome] = counts.get(cell.outcome, 0) + 1
@@ -101,11 +107,11 @@ def matrices(run: ConformanceRun, method_order: list[str], workload_order: list[
     for record in run.records:
         dtype = record["dtype"]
         matrix = by_dtype.setdefault(dtype, Matrix(run.name, dtype, methods, workloads))
-        matrix.cells[(record["method"], record["workload"])] = Cell(record)
+        matrix.cells[(record["method"], record["workload"])] = MatrixCell(record)
     return [by_dtype[d] for d in sorted(by_dtype, key=dtype_key)]
 
 
-def findings(run: ConformanceRun) -> list[Cell]:
+def findings(run: ConformanceRun) -> list[MatrixCell]:
     """Every failing cell, peers first: where a method (or a peer library) deviates."""
-    failing = [Cell(r) for r in run.records if r["outcome"] == "fail"]
+    failing = [MatrixCell(r) for r in run.records if r["outcome"] == "fail"]
     return sorted(failing, key=lambda c: (not c.record.get("peer"), c.record["method"], c.record["id"]))

@@ -1,6 +1,6 @@
 """Plotly figures of the benchmarks: time and peak memory against batch size, one panel per
 workload, one line per method (log axes; hover gives the exact numbers and the conformance verdict),
-the non-private backward and the roofline floor beside them. Each method keeps its colour and
+the non-private backward and the floors (warm and fresh-output) beside them. Each method keeps its colour and
 marker (`styles`) in every figure; the legend is given the height it needs, so it never scrolls.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 
 from .data import BenchRow
 from .format import bytes_text, seconds_text
-from .styles import BASELINE, FAILED_COLOR, FLOOR, Reference, Style, line_dash, marker_symbol
+from .styles import BASELINE, FAILED_COLOR, FLOOR, FRESH_FLOOR, Reference, Style, line_dash, marker_symbol
 from .verdicts import Verdict
 
 COLUMNS = 3
@@ -28,16 +28,19 @@ LEGEND_GROUP_GAP = 3
 
 @dataclass(frozen=True)
 class Metric:
-    """What a batch figure plots: the method's value, the non-private baseline and the floor."""
+    """What a batch figure plots: the method's value, the non-private baseline and the floor (for
+    time, the warm floor; `fresh_floor`, the fresh-output floor, where it applies)."""
 
     title: str
     value: Callable[[BenchRow], float | None]
     baseline: Callable[[BenchRow], float | None]
     floor: Callable[[BenchRow], float | None]
     text: Callable[[float], str]
+    fresh_floor: Callable[[BenchRow], float | None] = lambda r: None
 
 
-TIME = Metric("time per step (s)", lambda r: r.median_s, lambda r: r.baseline_s, lambda r: r.floor_s, seconds_text)
+TIME = Metric("time per step (s)", lambda r: r.median_s, lambda r: r.baseline_s, lambda r: r.floor_s, seconds_text,
+              lambda r: r.fresh_floor_s)
 MEBIBYTE = 2**20
 
 
@@ -52,6 +55,7 @@ MEMORY = Metric(
 
 
 def facet_label(row: BenchRow) -> str:
+    """A plot facet's title: '<workload> · <size>', or the workload alone without a size."""
     return f"{row.workload} · {row.size}" if row.size else row.workload
 
 
@@ -149,7 +153,7 @@ def _reference_traces(rows: list[BenchRow], metric: Metric) -> list[dict]:
     """The non-private backward and the floor, one point per batch size: lines with markers, so a
     workload measured at one batch size still shows them."""
     traces = []
-    for reference, pick in ((BASELINE, metric.baseline), (FLOOR, metric.floor)):
+    for reference, pick in ((BASELINE, metric.baseline), (FLOOR, metric.floor), (FRESH_FLOOR, metric.fresh_floor)):
         by_batch = {r.batch_size: pick(r) for r in rows if pick(r)}
         if by_batch:
             batches = sorted(by_batch)

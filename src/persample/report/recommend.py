@@ -19,6 +19,10 @@ from .verdicts import ConformanceIndex, Verdict
 
 @dataclass(frozen=True, order=True)
 class CaseKey:
+    """What one recommendation is for: machine, dtype (mode), workload, size and batch size; ordered for
+    display.
+    """
+
     machine: str
     dtype: str
     workload: str
@@ -61,6 +65,7 @@ class Entry:
 
     @property
     def eligible(self) -> bool:
+        """Whether the method may be recommended for the case (nothing excluded it)."""
         return self._excluded is None
 
 
@@ -84,11 +89,13 @@ class Recommendation:
 
     @property
     def best(self) -> Entry | None:
+        """The fastest eligible entry, or None."""
         eligible = self.eligible
         return eligible[0] if eligible else None
 
     @property
     def excluded(self) -> list[Entry]:
+        """The entries excluded from the recommendation, each with its reason."""
         return [e for e in self.entries if not e.eligible]
 
     @property
@@ -103,11 +110,13 @@ class Recommendation:
 
     @property
     def speedup_vs_loop(self) -> float | None:
+        """loop's median time over the best method's (a ratio), or None without both."""
         best, loop = self.best, self.loop
         return _ratio(loop.row.median_s, best.row.median_s) if best and loop else None
 
     @property
     def speedup_vs_peer(self) -> float | None:
+        """The fastest eligible peer's median time over the best method's (a ratio), or None without both."""
         best, peer = self.best, self.best_peer
         return _ratio(peer.row.median_s, best.row.median_s) if best and peer else None
 
@@ -135,8 +144,15 @@ class Recommendation:
 
     @property
     def roofline_fraction(self) -> float | None:
-        """Fraction of the roofline floor reached (`floor_s / median_s`)."""
+        """Fraction of the warm floor reached (`floor_s / median_s`): every byte at the bandwidth into
+        memory already touched."""
         return _ratio(self.best.row.floor_s, self.best.row.median_s) if self.best else None
+
+    @property
+    def fresh_floor_fraction(self) -> float | None:
+        """Fraction of the fresh-output floor reached (`fresh_floor_s / median_s`): the per-sample
+        gradients allocated and written as new memory, as a step returning new tensors must."""
+        return _ratio(self.best.row.fresh_floor_s, self.best.row.median_s) if self.best else None
 
     def ranking(self) -> list[str]:
         """Eligible method names, fastest first, each once (its best variant)."""

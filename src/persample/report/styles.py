@@ -36,7 +36,9 @@ class Reference:
 
 
 BASELINE = Reference("non-private backward", "#000000", "dash", "line-ew-open")
-FLOOR = Reference("roofline floor", "#777777", "dot", "triangle-down-open")
+FLOOR = Reference("warm floor (writing into memory already touched)", "#777777", "dot", "triangle-down-open")
+FRESH_FLOOR = Reference("fresh-output floor (allocating and writing the per-sample gradients)", "#777777", "dash",
+                        "triangle-up-open")
 FAILED_COLOR = "#d62728"
 
 

@@ -21,6 +21,7 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
+        """Whether the cell passed (or is the reference)."""
         return self.outcome in ("pass", "reference")
 
     def describe(self) -> str:

@@ -20,6 +20,8 @@ from .verdicts import ConformanceIndex
 
 @dataclass
 class DtypeView:
+    """One machine's results in one mode: the recommendation per case and the time and memory figures' ids."""
+
     dtype: str
     recommendations: list[Recommendation]
     time_figure: str
@@ -32,11 +34,16 @@ class DtypeView:
 
     @property
     def unrecommended(self) -> int:
+        """How many cases have no conformant method with a time."""
         return sum(1 for r in self.recommendations if r.best is None)
 
 
 @dataclass
 class MachineView:
+    """What the page shows of one machine: facts, its conformance runs and matrices, a view per mode, the
+    heatmap, findings, and whether it is the reader's own.
+    """
+
     name: str
     anchor: str
     device: str
@@ -56,11 +63,13 @@ class Figures:
         self.specs: dict[str, str] = {}
 
     def add(self, figure_id: str, figure) -> str:
+        """Keep `figure`'s plotly JSON (safe inside a script element) under `figure_id`; returns the id."""
         self.specs[figure_id] = plotly.io.to_json(figure, validate=False).replace("</", "<\\/")
         return figure_id
 
 
 def anchor(*parts: str) -> str:
+    """An HTML id from `parts`: lower case, runs of other characters as one '-'."""
     return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
 
 

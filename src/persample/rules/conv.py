@@ -3,29 +3,28 @@
 Indices: n batch, g group, c input channels per group, o output channels per group,
 l output positions (flattened), k kernel offsets (flattened).
 gW[n,g,o,c,k] = Σ_l g[n,g,o,l] · unfold(x)[n,g,c,l,k];  gb[n,o] = Σ_l g[n,o,l]
-where unfold(x)[.., l, k] is the padded input under kernel offset k at output position l (im2col).
+where unfold(x)[.., l, k] is the padded input under kernel offset k at output position l (im2col:
+Rochette et al. 2019, "Efficient Per-Example Gradient Computations in Convolutional Neural
+Networks", §3; the per-example outer product of Goodfellow 2015 summed over positions).
 """
 from __future__ import annotations
+
+import math
+from collections.abc import Collection
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import register_rule
+from ..layers import LayerInput, padding_amounts
+from .registry import LayerFlops, register_rule
 
 
 def padded(module: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
-    """`x` padded exactly as the module pads it, so the convolution itself uses padding 0."""
-    amounts: list[int] = []
-    for dim in reversed(range(len(module.kernel_size))):
-        if module.padding == "valid":
-            left = right = 0
-        elif module.padding == "same":
-            total = module.dilation[dim] * (module.kernel_size[dim] - 1)
-            left, right = total // 2, total - total // 2
-        else:
-            left = right = module.padding[dim]
-        amounts += [left, right]
+    """`x` (n, C, *spatial) padded exactly as the module pads it (`persample.layers.padding_amounts`,
+    in its `padding_mode`), so that a convolution with padding 0 gives the module's output; `x`
+    itself when the module adds no padding."""
+    amounts = [side for before_after in reversed(padding_amounts(module)) for side in before_after]
     if not any(amounts):
         return x
     mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
@@ -33,7 +32,7 @@ def padded(module: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
 
 
 def unfold(module: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
-    """im2col as a view: (n, C, *spatial) -> (n, C, *out_positions, *kernel_offsets)."""
+    """im2col as a view of the padded input: (n, C, *spatial) -> (n, C, *out_positions, *kernel_offsets)."""
     x = padded(module, x)
     dims = len(module.kernel_size)
     for d in range(dims):
@@ -48,23 +47,36 @@ def _conv_fn(dims: int):
 
 
 class ConvRule:
+    """y = conv(x, W) + b, any dims, stride, padding, padding_mode, dilation and groups."""
+
     @staticmethod
-    def grad_sample(module: nn.modules.conv._ConvNd, x: torch.Tensor, grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
+    def grad_sample(module: nn.modules.conv._ConvNd, inputs: LayerInput, grad_out: torch.Tensor,
+                    trainable: Collection[str]) -> dict[str, torch.Tensor]:
+        """{"weight": (n, *weight.shape), "bias": (n, out_channels)} for the names in `trainable`:
+        the per-group product of the output gradient with the unfolded input (module docstring;
+        Rochette et al. 2019), and the output gradient summed over positions."""
+        x = inputs.first
         n, groups = x.shape[0], module.groups
-        cols = unfold(module, x)  # (n, C, *L, *K)
-        c_per_group = module.in_channels // groups
-        cols = cols.reshape(n, groups, c_per_group, grad_out[0, 0].numel(), -1)
-        g = grad_out.reshape(n, groups, module.out_channels // groups, -1)
-        weight = torch.einsum("ngol,ngclk->ngock", g, cols)
-        grads = {"weight": weight.reshape(n, *module.weight.shape)}
-        if module.bias is not None:
+        grads = {}
+        if "weight" in trainable:
+            cols = unfold(module, x)  # (n, C, *L, *K)
+            c_per_group = module.in_channels // groups
+            cols = cols.reshape(n, groups, c_per_group, grad_out[0, 0].numel(), -1)
+            g = grad_out.reshape(n, groups, module.out_channels // groups, -1)
+            weight = torch.einsum("ngol,ngclk->ngock", g, cols)
+            grads["weight"] = weight.reshape(n, *module.weight.shape)
+        if "bias" in trainable:
             grads["bias"] = grad_out.reshape(n, module.out_channels, -1).sum(-1)
         return grads
 
     @staticmethod
-    def expanded_forward(module: nn.modules.conv._ConvNd, x: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
-        # One grouped convolution over the whole batch: sample n's channels form groups
-        # n*G .. n*G+G-1 and meet only sample n's copy of the weight.
+    def expanded_forward(module: nn.modules.conv._ConvNd, inputs: LayerInput,
+                         weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The output (n, out_channels, *out_spatial) with sample n's weights[name][n], as one
+        grouped convolution over the whole batch: sample n's channels form groups n·G .. n·G+G−1
+        and meet only sample n's copy of the weight (Rochette et al. 2019; Opacus, Yousefpour et
+        al. 2021). `weights` holds (n, *weight.shape) and, with a bias, (n, out_channels)."""
+        x = inputs.first
         n, dims = x.shape[0], len(module.kernel_size)
         weight = weights["weight"]
         xp = padded(module, x)
@@ -80,6 +92,17 @@ class ConvRule:
             out = out + weights["bias"].reshape(n, module.out_channels, *([1] * dims))
         return out
 
+    @staticmethod
+    def flops(module: nn.modules.conv._ConvNd, inputs: LayerInput, output: torch.Tensor,
+              trainable: Collection[str]) -> LayerFlops:
+        """2 FLOPs per (output position, output channel, input channel of its group, kernel offset)
+        in the forward, the input gradient and a trainable weight's per-sample gradient; one per
+        output element for the bias (forward, and gradient when trainable)."""
+        positions = output.numel() // module.out_channels
+        products = 2 * positions * module.out_channels * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        bias = positions * module.out_channels if module.bias is not None else 0
+        per_sample = products * ("weight" in trainable) + bias * ("bias" in trainable)
+        return LayerFlops(products + bias, products, per_sample)
 
-for _layer in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
-    register_rule(_layer)(ConvRule)
+
+register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)(ConvRule)

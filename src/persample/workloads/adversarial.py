@@ -39,8 +39,14 @@ def _tokens(steps: int = STEPS, next_token: bool = False):
     return make_batch
 
 
+BUFFER_UPDATE = "buffer_update"  # tag: the forward updates buffers (the invariants check they are restored)
+
+
 def adversarial(name: str, description: str, make_model, make_batch, *, breaks=(), loss_fn=losses.cross_entropy,
                 batch_size: int | None = None, tags=()) -> Workload:
+    """Register an adversarial workload (tagged 'adversarial', one size) that breaks the assumptions `breaks`
+    on purpose; returns the `Workload`.
+    """
     return register_workload(Workload(
         name=name, description=description, make_model=lambda size: make_model(), make_batch=make_batch,
         loss_fn=loss_fn, tags=frozenset({"adversarial", *tags}), breaks=frozenset(breaks), batch_size=batch_size,
@@ -66,6 +72,10 @@ adversarial("time_major_linear_long", "Linear applied time-major, T = 6 != B = 4
 
 
 class TimeMajorEmbedding(nn.Module):
+    """An embedding called on (T, B) indices (time first), then averaged over time and classified: the batch is
+    not on dim 0 inside the layer.
+    """
+
     def __init__(self) -> None:
         super().__init__()
         self.embed, self.head = nn.Embedding(VOCAB, FEATURES), nn.Linear(FEATURES, CLASSES)
@@ -118,12 +128,15 @@ def _reparametrised(wrap) -> nn.Module:
 adversarial("weight_norm_hook", "torch.nn.utils.weight_norm (pre-hook API): weight recomputed from weight_g, weight_v",
             lambda: _reparametrised(nn.utils.weight_norm), _features(), breaks=[A.OWN_LAYER.id])
 adversarial("spectral_norm_hook", "torch.nn.utils.spectral_norm (pre-hook API), training mode: u, v buffers updated in forward",
-            lambda: _reparametrised(nn.utils.spectral_norm), _features(), breaks=[A.OWN_LAYER.id])
+            lambda: _reparametrised(nn.utils.spectral_norm), _features(), breaks=[A.OWN_LAYER.id],
+            tags=[BUFFER_UPDATE])
 adversarial("weight_norm_parametrized", "torch.nn.utils.parametrizations.weight_norm on a Linear",
             lambda: _reparametrised(nn.utils.parametrizations.weight_norm), _features(), breaks=[A.OWN_LAYER.id])
 
 
 class RecurrentClassifier(nn.Module):
+    """An nn.RNN, GRU or LSTM (`kind`, batch_first) whose last state is classified."""
+
     def __init__(self, kind: type[nn.RNNBase]) -> None:
         super().__init__()
         self.rnn, self.head = kind(FEATURES, 6, batch_first=True), nn.Linear(6, CLASSES)
@@ -168,6 +181,8 @@ class ClassicStraightThrough(torch.autograd.Function):
 
 
 class WithFunction(nn.Module):
+    """Linear, a custom autograd `function`, Linear: a forward through a hand-written backward."""
+
     def __init__(self, function: type[torch.autograd.Function]) -> None:
         super().__init__()
         self.function = function
@@ -254,7 +269,7 @@ class CountingModel(nn.Module):
         return self.b(torch.tanh(self.a(x)))
 
 
-adversarial("counter_buffer", "a buffer incremented in forward", CountingModel, _features())
+adversarial("counter_buffer", "a buffer incremented in forward", CountingModel, _features(), tags=[BUFFER_UPDATE])
 
 
 class RunningStatistics(nn.Module):
@@ -271,10 +286,13 @@ class RunningStatistics(nn.Module):
 
 
 adversarial("instance_norm_running_stats", "InstanceNorm1d(track_running_stats=True) in training mode",
-            RunningStatistics, _features(6))
+            RunningStatistics, _features(6), tags=[BUFFER_UPDATE])
 
 
 def batch_statistics_in_eval() -> nn.Module:
+    """An MLP with BatchNorm1d(track_running_stats=False) in eval mode: it still normalises with the batch's
+    statistics, coupling the samples.
+    """
     model = nn.Sequential(nn.Linear(FEATURES, 6), nn.BatchNorm1d(6, track_running_stats=False), nn.Tanh(), nn.Linear(6, CLASSES))
     return model.eval()
 
@@ -303,6 +321,7 @@ def _mlp() -> nn.Module:
 
 
 def batch_scaled_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per sample divided by the batch size, shape (B,): a per-sample loss that depends on B."""
     return F.cross_entropy(outputs, targets, reduction="none") / outputs.shape[0]
 
 
@@ -311,6 +330,9 @@ adversarial("batch_scaled_loss", "a loss divided by the batch size", _mlp, _feat
 
 
 def token_normalised_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample sums of token cross-entropies divided by the valid (non-zero) tokens of the whole batch,
+    shape (B,): couples the samples.
+    """
     valid = (targets != 0).to(outputs.dtype)
     token = F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
     return (token * valid).sum(1) / valid.sum()  # normalised by the valid tokens of the whole batch
@@ -323,6 +345,8 @@ def _padded_tokens(size: str, batch: int, generator: torch.Generator):
 
 
 class TinyLM(nn.Module):
+    """A token language model: Embedding(padding_idx=0), tanh, Linear to the vocabulary; outputs (B, T, vocab)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.embed, self.out = nn.Embedding(VOCAB, FEATURES, padding_idx=0), nn.Linear(FEATURES, VOCAB)
@@ -336,6 +360,8 @@ adversarial("token_normalised_loss", "next-token loss normalised by the valid to
 
 
 class TwoInputs(nn.Module):
+    """A model of two inputs (features and tokens) and an optional `scale` keyword."""
+
     def __init__(self) -> None:
         super().__init__()
         self.x, self.t = nn.Linear(FEATURES, 6), nn.Embedding(VOCAB, 6)
@@ -356,6 +382,7 @@ adversarial("keyword_inputs", "forward(x, t, scale) fed a mapping {'x', 't', 'sc
 
 
 def sparse_embedding() -> nn.Module:
+    """Embedding(sparse=True), Flatten, Linear: sparse gradients for the embedding."""
     return nn.Sequential(nn.Embedding(VOCAB, FEATURES, sparse=True), nn.Flatten(), nn.Linear(FEATURES * STEPS, CLASSES))
 
 
@@ -381,6 +408,9 @@ adversarial("layernorm_thrice", "one LayerNorm applied three times", SharedNorm,
 
 
 def scaled_by_hook() -> nn.Module:
+    """An MLP whose first layer's output a forward hook doubles: the layer's output is replaced after the layer
+    ran.
+    """
     model = _mlp()
     model[0].register_forward_hook(lambda module, args, output: output * 2)
     return model

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .. import losses
-from .registry import Workload, register_workload
+from .registry import BENCH, QUICK, Workload, register_workload
 
 
 def _features_and_classes(features: int, classes: int):
@@ -21,6 +21,7 @@ MLP_WIDTHS = {"small": (64, 32, 16, 10), "full": (784, 512, 256, 10)}
 
 
 def mlp(widths: tuple[int, ...]) -> nn.Sequential:
+    """Linear layers of the consecutive `widths`, with a ReLU between each pair (none after the last)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths, widths[1:])):
         layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(widths) - 2 else [])
@@ -42,7 +43,7 @@ register_workload(Workload(
     make_model=lambda size: mlp(MLP_WIDTHS[size]),
     make_batch=_features_and_classes({s: w[0] for s, w in MLP_WIDTHS.items()}, 10),
     loss_fn=losses.cross_entropy,
-    tags=frozenset({"dense"}),
+    tags=frozenset({"dense", BENCH, QUICK}),
 ))
 
 LINEAR_SIDE = {"small": 32, "full": 1024}
@@ -52,7 +53,7 @@ register_workload(Workload(
     make_model=lambda size: nn.Linear(LINEAR_SIDE[size], LINEAR_SIDE[size]),
     make_batch=_features_and_classes(LINEAR_SIDE, LINEAR_SIDE),
     loss_fn=losses.cross_entropy,
-    tags=frozenset({"dense"}),
+    tags=frozenset({"dense", BENCH}),
 ))
 
 REGRESSION_WIDTHS = {"small": (12, 16, 3), "full": (128, 512, 8)}

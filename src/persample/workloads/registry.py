@@ -1,7 +1,8 @@
 """Workload: a named model factory, a seeded batch factory, a per-sample loss and tags."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib.metadata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,13 @@ from ..batch import CallArgs, Inputs
 from ..contract import LossFn
 
 SIZES = ("small", "full")
+# Tags that put a workload in the benchmark grids (`persample.bench.grid`): "bench" in the GPU and CPU
+# grids, "quick" in the quick benchmark of pull requests and the main job.
+BENCH = "bench"
+QUICK = "quick"
+# Other packages add workloads under this entry point group: each entry names a module (importing it
+# registers its workloads), a `Workload`, or an iterable of them.
+ENTRY_POINT_GROUP = "persample.workloads"
 MakeModel = Callable[[str], nn.Module]
 MakeBatch = Callable[[str, int, torch.Generator], tuple[Inputs, torch.Tensor]]
 
@@ -27,6 +35,7 @@ class Problem:
 
     @property
     def batch_size(self) -> int:
+        """The number of samples, targets.shape[0]."""
         return self.targets.shape[0]
 
 
@@ -34,8 +43,12 @@ class Problem:
 class Workload:
     """A model, a batch and a per-sample loss, by name.
 
+    `tags`: what the model holds ("conv", "sequence", ...), "adversarial" for the family that breaks
+    assumptions, and `BENCH` / `QUICK` for the benchmark grids that time it;
     `breaks`: ids of `persample.assumptions` the model breaks on purpose (the adversarial family);
-    `batch_size`: a batch size the workload fixes (T == B layouts, a batch of one or of none).
+    `batch_size`: a batch size the workload fixes (T == B layouts, a batch of one or of none);
+    `cpu_size`: the size the CPU benchmark grid times it at ("small" where the full model takes
+    seconds per step on a CPU).
     """
 
     name: str
@@ -46,6 +59,11 @@ class Workload:
     tags: frozenset[str]
     breaks: frozenset[str] = frozenset()
     batch_size: int | None = None
+    cpu_size: str = "full"
+
+    def __post_init__(self) -> None:
+        if self.cpu_size not in SIZES:
+            raise ValueError(f"{self.name}: cpu_size must be one of {SIZES}, got {self.cpu_size!r}")
 
     def build(
         self,
@@ -78,19 +96,52 @@ def cast_inputs(inputs: Inputs, device, dtype: torch.dtype) -> Inputs:
 
 
 _WORKLOADS: dict[str, Workload] = {}
+_PLUGINS_LOADED = False
 
 
 def register_workload(workload: Workload) -> Workload:
+    """Add `workload` to the registry under its name (a later one of the same name replaces it);
+    returns it. The conformance matrix, the benchmark grids (by tag), the report and auto's nearest
+    match read the registry."""
     _WORKLOADS[workload.name] = workload
     return workload
 
 
+def load_plugins() -> None:
+    """Register the workloads of installed packages (entry point group `persample.workloads`), once.
+
+    Raises `TypeError` when an entry point gives something other than a module, a `Workload` or an
+    iterable of them.
+    """
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        obj = entry.load()
+        if isinstance(obj, Workload):
+            register_workload(obj)
+        elif isinstance(obj, Iterable) and not isinstance(obj, (str, bytes)):
+            for workload in obj:
+                if not isinstance(workload, Workload):
+                    raise TypeError(f"entry point {entry.name} = {entry.value} holds {workload!r}, not a Workload")
+                register_workload(workload)
+        elif not hasattr(obj, "__file__"):  # a module registers its workloads when imported
+            raise TypeError(f"entry point {entry.name} = {entry.value} is {obj!r}: not a module, Workload or iterable")
+
+
 def get_workload(name: str) -> Workload:
+    """The workload registered as `name`; raises `ValueError` (listing the known ones) otherwise."""
+    load_plugins()
     if name not in _WORKLOADS:
         raise ValueError(f"unknown workload {name!r}; known: {', '.join(_WORKLOADS)}")
     return _WORKLOADS[name]
 
 
 def all_workloads(*, without_tags: frozenset[str] = frozenset()) -> list[Workload]:
-    """Every registered workload, in registration order, minus those with any of `without_tags`."""
-    return [w for w in _WORKLOADS.values() if not (w.tags & without_tags)]
+    """Every registered workload, minus those with any of `without_tags`: the zoo, then the
+    adversarial family, each in registration order (this package's modules by name, then the
+    entry-point plugins)."""
+    load_plugins()
+    chosen = [w for w in _WORKLOADS.values() if not (w.tags & without_tags)]
+    return sorted(chosen, key=lambda w: "adversarial" in w.tags)  # stable: registration order within each

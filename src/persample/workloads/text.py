@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import losses
-from .registry import Workload, register_workload
+from .registry import BENCH, Workload, register_workload
 
 # vocabulary, width, hidden, sequence length, classes
 TEXT = {"small": (50, 16, 32, 8, 4), "full": (10_000, 256, 1024, 64, 4)}
@@ -48,7 +48,8 @@ register_workload(Workload(
     make_model=lambda size: TextClassifier(*(TEXT[size][:3] + TEXT[size][4:])),
     make_batch=_tokens(TEXT),
     loss_fn=losses.cross_entropy,
-    tags=frozenset({"embedding", "sequence", "norm"}),
+    tags=frozenset({"embedding", "sequence", "norm", BENCH}),
+    cpu_size="small",  # the full model takes seconds per step on a CPU at B=256
 ))
 
 
@@ -63,6 +64,9 @@ class EncoderBlock(nn.Module):
         self.up, self.down = nn.Linear(width, hidden), nn.Linear(hidden, width)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Multi-head self-attention of x (B, T, width) with Linear projections: softmax(q·kᵀ/√d)·v per head
+        (Vaswani et al. 2017, eq. 1), heads concatenated and projected; same shape.
+        """
         batch, seq, width = x.shape
         q, k, v = self.qkv(x).view(batch, seq, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
@@ -75,6 +79,10 @@ class EncoderBlock(nn.Module):
 
 
 class TransformerClassifier(nn.Module):
+    """Embedding, one pre-norm Transformer encoder block, mean over tokens, Linear: (B, T) token ids to (B,
+    classes) logits.
+    """
+
     def __init__(self, vocab: int, width: int, hidden: int, classes: int, heads: int = 4) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
@@ -93,11 +101,14 @@ register_workload(Workload(
     make_model=lambda size: TransformerClassifier(*(TRANSFORMER[size][:3] + TRANSFORMER[size][4:])),
     make_batch=_tokens(TRANSFORMER),
     loss_fn=losses.cross_entropy,
-    tags=frozenset({"embedding", "sequence", "attention", "norm"}),
+    tags=frozenset({"embedding", "sequence", "attention", "norm", BENCH}),
+    cpu_size="small",  # the full model takes seconds per step on a CPU at B=256
 ))
 
 
 class LSTMClassifier(nn.Module):
+    """Embedding, a batch-first LSTM, Linear on the last state: (B, T) token ids to (B, classes) logits."""
+
     def __init__(self, vocab: int, width: int, hidden: int, classes: int) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
@@ -116,7 +127,8 @@ register_workload(Workload(
     make_model=lambda size: LSTMClassifier(*(LSTM[size][:3] + LSTM[size][4:])),
     make_batch=_tokens(LSTM),
     loss_fn=losses.cross_entropy,
-    tags=frozenset({"embedding", "sequence", "rnn"}),
+    tags=frozenset({"embedding", "sequence", "rnn", BENCH}),
+    cpu_size="small",  # the full model takes seconds per step on a CPU at B=256
 ))
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import losses
-from .registry import Workload, register_workload
+from .registry import BENCH, QUICK, Workload, register_workload
 
 
 def _images(channels: int, side: dict[str, int], classes: int = 10):
@@ -32,7 +32,7 @@ register_workload(Workload(
     make_model=mnist_cnn,
     make_batch=_images(1, {"small": 28, "full": 28}),
     loss_fn=losses.cross_entropy,
-    tags=frozenset({"conv"}),
+    tags=frozenset({"conv", BENCH, QUICK}),
 ))
 
 CIFAR_WIDTHS = {"small": (8, 16), "full": (32, 64, 128)}
@@ -40,6 +40,9 @@ CIFAR_SIDE = {"small": 16, "full": 32}
 
 
 def cifar_cnn(size: str) -> nn.Sequential:
+    """A CIFAR-style CNN of the `size`'s widths: per stage two 3x3 Conv2d + GroupNorm(4) + ReLU, then
+    AvgPool2d(2); global average pooling and Linear to 10 classes.
+    """
     layers: list[nn.Module] = []
     channels = 3
     for width in CIFAR_WIDTHS[size]:
@@ -58,7 +61,8 @@ register_workload(Workload(
     make_model=cifar_cnn,
     make_batch=_images(3, CIFAR_SIDE),
     loss_fn=losses.cross_entropy,
-    tags=frozenset({"conv", "norm"}),
+    tags=frozenset({"conv", "norm", BENCH}),
+    cpu_size="small",  # the full model takes seconds per step on a CPU at B=256
 ))
 
 
@@ -82,6 +86,9 @@ RES_SIDE = {"small": 8, "full": 32}
 
 
 def resblock(size: str) -> nn.Sequential:
+    """A strided 3x3 Conv2d + GroupNorm + ReLU stem, one residual block, global average pooling and Linear to
+    10 classes.
+    """
     c = RES_CHANNELS[size]
     return nn.Sequential(
         nn.Conv2d(3, c, 3, stride=2, padding=1), nn.GroupNorm(4, c), nn.ReLU(),
@@ -100,6 +107,9 @@ register_workload(Workload(
 
 
 def frozen_backbone(size: str) -> nn.Sequential:
+    """The `size`'s MNIST CNN with every layer but the last frozen (requires_grad False): only the head has
+    per-sample gradients.
+    """
     model = mnist_cnn(size)
     for layer in list(model)[:-1]:
         layer.requires_grad_(False)
@@ -117,6 +127,9 @@ register_workload(Workload(
 
 
 def batchnorm_cnn(size: str) -> nn.Sequential:
+    """Conv2d, BatchNorm2d (training mode: couples the samples), ReLU, global average pooling, Linear to 10
+    classes.
+    """
     width = {"small": 4, "full": 32}[size]
     return nn.Sequential(
         nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),

@@ -25,12 +25,15 @@ from .skips import skip_reason
 from .timing import threading_env
 
 DEFAULT_CONFIG = "asv.conf.json"
-QUICK_WORKLOADS = ("mlp", "mnist_cnn")
 KINDS = ("time", "memory")
 
 
 @dataclass(frozen=True)
 class BenchOptions:
+    """What `persample bench` runs: a quick subset or the full grid (`gpu` or `cpu`), a regex over case ids,
+    the asv config, whether to measure the machine again, show asv's stderr and publish.
+    """
+
     quick: bool = False  # a few cases, each run once (asv --quick)
     grid: str | None = None  # default: "gpu" with CUDA, else "cpu"
     cases: str | None = None  # a regex over case ids, e.g. "vmap-mlp"
@@ -41,17 +44,22 @@ class BenchOptions:
 
 
 def repo_root(start: Path | None = None) -> Path:
+    """The top of the git work tree containing `start` (default: the working directory). Raises
+    `subprocess.CalledProcessError` outside a git repository.
+    """
     top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=start or Path.cwd(),
                          capture_output=True, text=True, check=True)
     return Path(top.stdout.strip())
 
 
 def head_commit(repo: Path) -> str:
+    """The full hash of HEAD in `repo`. Raises `subprocess.CalledProcessError` when git fails."""
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                           check=True).stdout.strip()
 
 
 def asv_config(repo: Path, config: str) -> dict:
+    """The asv configuration `config` (a JSON file relative to `repo`), parsed."""
     return json.loads((Path(repo) / config).read_text())
 
 
@@ -59,7 +67,8 @@ def selected_cases(cases: list[Case], quick: bool, pattern: str | None) -> list[
     """The grid's cases, narrowed to the quick ones (first batch size and mode) and/or a regex."""
     if quick:
         first = cases[0] if cases else None
-        cases = [c for c in cases if c.workload in QUICK_WORKLOADS and c.variant == "eager"
+        quick_workloads = {ref.partition(":")[0] for ref in get_grid("quick").workloads}  # tagged QUICK
+        cases = [c for c in cases if c.workload in quick_workloads and c.variant == "eager"
                  and (c.batch_size, c.mode) == (first.batch_size, first.mode)]
     return [c for c in cases if re.search(pattern, c.id)] if pattern else cases
 
@@ -71,6 +80,7 @@ def selection_regex(cases: list[Case]) -> str:
 
 
 def asv(repo: Path, arguments: list[str], env: dict[str, str] | None = None) -> int:
+    """Run `python -m asv <arguments>` in `repo` with `env` added to the environment; returns its exit status."""
     command = [sys.executable, "-m", "asv", *arguments]
     return subprocess.run(command, cwd=repo, env={**os.environ, **(env or {})}).returncode
 
@@ -80,7 +90,7 @@ def run_bench(repo: Path, options: BenchOptions = BenchOptions()) -> int:
     results = Path(repo) / asv_config(repo, options.config)["results_dir"]
     device = default_device()
     machine = write_machine_entry(machine_info(device))
-    ensure_calibrated(results, device, again=options.recalibrate)
+    print(f"persample bench: {ensure_calibrated(results, device, again=options.recalibrate).describe()}", flush=True)
     commit, grid = head_commit(repo), get_grid(options.grid or default_grid_name())
     cases = selected_cases(grid.cases(), options.quick, options.cases)
     reasons = {case: skip_reason(case, device) for case in cases}

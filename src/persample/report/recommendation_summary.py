@@ -9,7 +9,7 @@ from ..recommendations import RANKING_LENGTH, SCHEMA, empty, now, workload_signa
 from .recommend import Recommendation
 
 
-def summarize(recommendations: Iterable[Recommendation], machines: dict[str, dict]) -> dict:
+def summarize_recommendations(recommendations: Iterable[Recommendation], machines: dict[str, dict]) -> dict:
     """The summary of `recommendations`; `machines` maps a name to its device and GPU.
 
     `machines[name]["cases"][dtype][workload][size][batch size]` is the ranking: the first

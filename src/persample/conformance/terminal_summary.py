@@ -7,7 +7,7 @@ OUTCOMES = ("pass", "fail", "unsupported", "error", "reference")
 VERDICTS = ("pass", "fail", "xfail", "skip")
 
 
-def summarize(records: list[dict]) -> list[str]:
+def terminal_summary(records: list[dict]) -> list[str]:
     """Lines: per method, how many cells ended in each outcome, and what the gate made of them."""
     outcomes: dict[str, Counter] = defaultdict(Counter)
     verdicts: dict[str, Counter] = defaultdict(Counter)

@@ -93,6 +93,9 @@ def _repo() -> Path:
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `persample conformance` (the matrix here, in every mode this device offers) and `persample run` (the
+    main job: conformance, the quick benchmark, then the report) to `subparsers`.
+    """
     conformance = subparsers.add_parser(
         "conformance", help="run the conformance matrix here, in every mode this device offers, from this "
         "checkout or from the installed package anywhere (extra arguments go to pytest, e.g. --method vmap, "
