@@ -79,14 +79,22 @@ def measure_bandwidth(device: torch.device, nbytes: int | None = None) -> float:
 
 
 def measure_fresh_write(device: torch.device, nbytes: int | None = None) -> float:
-    """Bytes/s of `torch.empty(...).fill_(1)` on a buffer far larger than any cache, allocated anew
-    each time: what writing a new result costs, first touch included (bytes written counted once).
+    """Bytes/s of writing a buffer far larger than any cache, allocated anew each time: what writing a
+    new result costs, first touch included (bytes written counted once). The fastest of two writers,
+    `fill_(1)` and `zero_()` (which torch runs as a streaming memset), since a floor is the least
+    time any method could take: on a 2-vCPU AMD EPYC VM with huge pages, 1 GiB took 44 ms with
+    `fill_` (and with the Linear rule's broadcast product) and 33 ms with `zero_`, and a peer wrote
+    linear_large's 1.08 GB of per-sample gradients faster than `fill_`'s rate allows.
     On a CPU the allocator maps large blocks fresh from the kernel, so every page faults on its first
-    write (4 KiB pages: 340 ms for 1 GiB on a 2-vCPU AMD EPYC VM, against 60 ms into touched memory);
-    on a GPU the caching allocator hands back a cached block, and this is close to the warm rate."""
+    write (4 KiB pages: 340 ms for 1 GiB on that VM, against 60 ms into touched memory); on a GPU
+    the caching allocator hands back a cached block, and this is close to the warm rate."""
     nbytes = nbytes or (2**30 if device.type == "cuda" else 2**28)
-    return nbytes / best_seconds(lambda: torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0),
-                                 device, repeats=5)
+    count = nbytes // 4
+    seconds = min(
+        best_seconds(lambda: torch.empty(count, dtype=torch.float32, device=device).fill_(1.0), device, repeats=5),
+        best_seconds(lambda: torch.empty(count, dtype=torch.float32, device=device).zero_(), device, repeats=5),
+    )
+    return nbytes / seconds
 
 
 def measure_matmul(device: torch.device, mode_name: str, max_side: int | None = None) -> float:
