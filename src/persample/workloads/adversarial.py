@@ -9,6 +9,8 @@ buffers updated in forward, batch-normalised losses, keyword inputs, sparse embe
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -314,6 +316,42 @@ class BatchMean(nn.Module):
 
 adversarial("batch_mean_coupling", "x + 0.5 * x.mean(0): samples coupled by hand", BatchMean, _features(),
             breaks=[A.BATCH_FIRST.id])
+
+
+class BatchSizeScaled(nn.Module):
+    """Scales the hidden layer by √(batch size): each row is computed from its own sample, but not as
+    that sample alone would compute it (alone, the scale is 1); no forward value of one sample
+    depends on another's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(FEATURES, 6), nn.Linear(6, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x)) * math.sqrt(x.shape[0]))
+
+
+adversarial("batch_size_scaled", "hidden layer scaled by sqrt(x.shape[0]): the forward depends on the batch size",
+            BatchSizeScaled, _features(), breaks=[A.BATCH_FIRST.id])
+
+
+class GradientOnlyCoupling(nn.Module):
+    """Couples the last two samples in the gradient only: `h + (s - s.detach())` with s their sum leaves
+    every forward value unchanged, while each of their losses reaches both rows of the first layer.
+    At B = 8 the coupled rows lie past the first four samples that checks look at one by one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(FEATURES, 6), nn.Linear(6, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x))
+        s = h[-2:].sum(0, keepdim=True)
+        return self.b(torch.cat([h[:-2], h[-2:] + (s - s.detach())]))
+
+
+adversarial("gradient_only_coupling", "the last two samples coupled in the gradient only (h + (s - s.detach())), B = 8",
+            GradientOnlyCoupling, _features(), breaks=[A.BATCH_FIRST.id], batch_size=8)
 
 
 def _mlp() -> nn.Module:
