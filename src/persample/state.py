@@ -171,10 +171,6 @@ HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_al
               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
 
 
-def _values_of(slots, kind: str) -> list[torch.Tensor]:
-    return [t for _, k, slot in slots if k == kind for t in slot.values() if t is not None]
-
-
 def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal shapes, dtypes and values, NaN equal to NaN (a buffer holding NaN is unchanged)."""
     if a.shape != b.shape or a.dtype != b.dtype:
@@ -209,14 +205,11 @@ def modes_and_hooks_kept(model: nn.Module) -> Iterator[None]:
 def restored_after(model: nn.Module) -> Iterator[None]:
     """Run the block, then put the whole model back as it was: the parameter and buffer objects
     and values, `.grad`, attributes, hooks, training modes and the random states. For running code
-    that may misbehave (a method under check) on a user's model; costs a copy of the state dict."""
-    modules = list(model.modules())
-    slots = [(m, kind, dict(getattr(m, kind))) for m in modules for kind in ("_parameters", "_buffers")]
+    that may misbehave (a method under check) on a user's model; costs a copy of the state dict.
+    `preserved` and `modes_and_hooks_kept` put back all but the parameters' values, copied here."""
+    slots = [(m, kind, dict(getattr(m, kind))) for m in model.modules() for kind in ("_parameters", "_buffers")]
     values = {id(t): t.detach().clone() for _, _, slot in slots for t in slot.values() if t is not None}
-    modes = [(m, m.training) for m in modules]
-    flags = [(p, p.requires_grad) for p in _values_of(slots, "_parameters")]
-    hooks = [(m, name, dict(getattr(m, name))) for m in modules for name in HOOK_DICTS if hasattr(m, name)]
-    with preserved(model):
+    with preserved(model), modes_and_hooks_kept(model):
         try:
             yield
         finally:
@@ -229,15 +222,6 @@ def restored_after(model: nn.Module) -> Iterator[None]:
                     for tensor in saved.values():
                         if tensor is not None and not same_values(tensor, values[id(tensor)]):
                             tensor.copy_(values[id(tensor)])
-            for module, mode in modes:
-                module.training = mode
-            for param, flag in flags:
-                param.requires_grad_(flag)
-            for module, name, saved in hooks:
-                current = getattr(module, name)
-                if list(current.keys()) != list(saved.keys()) or any(current[k] is not v for k, v in saved.items()):
-                    current.clear()
-                    current.update(saved)
 
 
 @contextmanager
