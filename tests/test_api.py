@@ -95,22 +95,53 @@ def test_a_model_without_trainable_parameters_is_refused():
         persample.per_sample_grads(model, x, y, method="hooks")
 
 
+class Gated(nn.Module):
+    """Owns a parameter and branches on its input's values (as Hugging Face's mask code does): the
+    same branch for every batch, but nothing torch.func can batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        return x * self.scale if torch.isfinite(x).all() else x - self.scale
+
+
 def test_an_unsupported_layer_names_the_layer_and_the_methods_that_can():
+    model = nn.Sequential(nn.Linear(4, 4), Gated(), nn.Linear(4, 3))
+    _, x, y = linear_problem()
+    with pytest.raises(Unsupported, match=r"layer 1 \(Gated\).*torch.func.*methods that can: loop") as raised:
+        persample.per_sample_grads(model, x, y, method="hooks")
+    assert raised.value.layer == "Gated" and "loop" in raised.value.supported_by
+
+
+@pytest.mark.parametrize("method", ["hooks", "expand"])
+def test_a_layer_without_a_rule_runs_on_the_torch_func_fallback(method):
+    """PReLU has no closed-form rule: its own weight's per-sample gradient comes from torch.func over
+    the captured call, and the step's placement says so."""
     model = nn.Sequential(nn.Linear(4, 4), nn.PReLU(), nn.Linear(4, 3))
     _, x, y = linear_problem()
-    with pytest.raises(Unsupported, match=r"layer 1 \(PReLU\).*methods that can: loop.*vmap") as raised:
-        persample.per_sample_grads(model, x, y, method="hooks")
-    assert raised.value.layer == "PReLU" and "vmap" in raised.value.supported_by
+    expected = persample.per_sample_grads(model, x, y, method="loop")
+    got = persample.per_sample_grads(model, x, y, method=method)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name])
+    step = get(method).prepare(model, None, (x, y))
+    assert step.placement == {"0": "rules", "1": "torch.func", "2": "rules"}
 
 
 def test_a_subclass_that_overrides_forward_does_not_inherit_the_layer_rule():
+    """Linear's formula would be wrong for Doubled: it runs on the torch.func fallback, which
+    differentiates its own forward."""
     class Doubled(nn.Linear):
         def forward(self, x):
             return 2 * super().forward(x)
 
     _, x, y = linear_problem()
-    with pytest.raises(Unsupported, match="overrides forward"):
-        persample.per_sample_grads(Doubled(4, 3), x, y, method="expand")
+    model = Doubled(4, 3)
+    expected = persample.per_sample_grads(model, x, y, method="loop")
+    got = persample.per_sample_grads(model, x, y, method="expand")
+    torch.testing.assert_close(got["weight"], expected["weight"])
+    assert get("expand").prepare(model, None, (x, y)).placement == {"": "torch.func"}
 
 
 def test_a_subclass_that_keeps_forward_uses_the_layer_rule():

@@ -24,10 +24,11 @@ import torch
 from torch import nn
 from torch.autograd.function import Function
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .batch import CallArgs
 from .layers import LayerInput
+from .rules import layer_rule
 from .state import preserved, rng_state, same_rng_state
 
 DIFFERENTIATING = {torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward}
@@ -47,11 +48,53 @@ class LayerCall:
     output_version: int | None
     grad_enabled: bool
     in_function: str | None  # the custom autograd Function whose forward made this call
+    shared: bool = False  # called on arguments shared by every sample, its output handed on expanded (`broadcast_shared`)
 
     @property
     def input(self) -> Any:
         """The layer's input: its first argument (`LayerInput.first`), what the layout checks read."""
         return self.inputs.first
+
+
+def output_version(output: Any) -> int | tuple[int, ...]:
+    """The version counter of a layer's output tensor, or those of the tensors of an output tuple: a
+    later in-place change of any of them shows as a different value."""
+    if isinstance(output, torch.Tensor):
+        return output._version
+    return tuple(t._version for t in tree_leaves(output) if isinstance(t, torch.Tensor))
+
+
+def shared_arguments(args: tuple, kwargs: dict, batch: int) -> bool:
+    """Whether a layer is called on arguments every sample shares: a batch of more than one sample and
+    every tensor argument (with a dim) with one row on dim 0 (GPT-2's and BERT's position embeddings,
+    called on position ids of shape (1, T))."""
+    tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.dim() > 0]
+    return batch > 1 and bool(tensors) and all(t.shape[0] == 1 for t in tensors)
+
+
+def is_shared_call(args: tuple, kwargs: dict, output: Any, batch: int) -> bool:
+    """`shared_arguments`, and an output tensor of one row: what every sample shares."""
+    return (isinstance(output, torch.Tensor) and output.dim() > 0 and output.shape[0] == 1
+            and shared_arguments(args, kwargs, batch))
+
+
+def broadcast_shared(args: tuple, kwargs: dict, output: torch.Tensor, batch: int) -> tuple[LayerInput, torch.Tensor]:
+    """A shared call (`is_shared_call`) as if each sample had made it: its arguments and output
+    expanded to `batch` rows (stride-0 views, no copy). The model gets the expanded output, so the
+    gradient of the loss reaching it is per sample (row i: ∂ℓᵢ/∂output), what a layer rule needs;
+    where the model broadcast the one-row output over the batch anyway, it computes the same values
+    (the checks compare the losses: `persample.checks.layout`)."""
+    return expand_shared(args, kwargs, batch), _expand_rows(output, batch)
+
+
+def _expand_rows(value: Any, batch: int) -> Any:
+    return value.expand(batch, *value.shape[1:]) if isinstance(value, torch.Tensor) and value.dim() > 0 else value
+
+
+def expand_shared(args: tuple, kwargs: dict, batch: int) -> LayerInput:
+    """The call's arguments with every tensor (with a dim) expanded to `batch` rows (stride-0 views)."""
+    args, kwargs = tree_map(lambda t: _expand_rows(t, batch), (tuple(args), dict(kwargs)))
+    return LayerInput(args, kwargs)
 
 
 @dataclass
@@ -107,7 +150,8 @@ class _Watch(TorchFunctionMode):
 
 
 class _Recorder:
-    def __init__(self, model: nn.Module, capture: set[nn.Module]) -> None:
+    def __init__(self, model: nn.Module, capture: set[nn.Module], batch: int = 0) -> None:
+        self.batch = batch
         self.names = {module: name for name, module in model.named_modules(remove_duplicate=False)}
         self.parameters: dict[int, tuple[str, set[nn.Module]]] = {}
         for module in model.modules():
@@ -115,6 +159,15 @@ class _Recorder:
                 if param is not None and param.requires_grad:
                     name, owners = self.parameters.setdefault(id(param), (self._qualified(module, local), set()))
                     owners.add(module)
+        for module in model.modules():  # a rule claiming a child's parameter: its forward reads it itself
+            rule = layer_rule(module)
+            for dotted in (n for n in (rule.params if rule is not None else ()) if "." in n):
+                try:
+                    param = module.get_parameter(dotted)
+                except AttributeError:
+                    continue
+                if id(param) in self.parameters:
+                    self.parameters[id(param)][1].add(module)
         self.capture = capture
         self.stack: list[nn.Module] = []
         self.calls: list[LayerCall] = []
@@ -152,15 +205,21 @@ class _Recorder:
     def pre_hook(self, module: nn.Module, args: tuple) -> None:
         self.stack.append(module)
 
-    def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         if self.stack and self.stack[-1] is module:
             self.stack.pop()
         if module in self.capture:
-            version = output._version if isinstance(output, torch.Tensor) else None
+            shared = is_shared_call(args, kwargs, output, self.batch)
+            inputs = LayerInput(args, kwargs)
+            if shared:
+                inputs, output = broadcast_shared(args, kwargs, output, self.batch)
             self.calls.append(LayerCall(
-                module, self.names.get(module, ""), LayerInput(args, kwargs), output, version,
-                torch.is_grad_enabled(), self.function_stack[-1] if self.function_stack else None,
+                module, self.names.get(module, ""), inputs, output, output_version(output),
+                torch.is_grad_enabled(), self.function_stack[-1] if self.function_stack else None, shared,
             ))
+            if shared:
+                return output
+        return None
 
 
 @contextmanager
@@ -196,7 +255,7 @@ def observe(
 
     `watch=False` records only the captured calls (a cheap repeat for the perturbation probe).
     """
-    recorder = _Recorder(model, set(capture))
+    recorder = _Recorder(model, set(capture), targets.shape[0])
     handles = []
     for module in model.modules():
         handles.append(module.register_forward_pre_hook(recorder.pre_hook))

@@ -21,6 +21,7 @@ from torch.utils._pytree import tree_leaves
 from ..assumptions import BATCH_FIRST
 from ..capabilities import Finding, refusal
 from ..observe import LayerCall, observe
+from ..state import preserved
 from .context import CheckContext
 
 RELATIVE = 1e-5  # rows of other samples are recomputed from the same values: equal up to rounding
@@ -37,6 +38,7 @@ def probe_batch_layout(context: CheckContext) -> None:
         if finding is not None:
             raise refusal(finding, BATCH_FIRST.id, context.method_name)
     context.ran("batch on dim 0")
+    _check_shared_calls_broadcast(context, observed, calls)
     pairs = _replacements(context, calls)
     if not pairs:
         context.skipped("sample independence", "the batch has fewer than two different samples")
@@ -68,6 +70,28 @@ def probe_batch_layout(context: CheckContext) -> None:
                     "capacity limit, a mask over batch positions, a cumulative sum along the batch)",
                     before.qualname, before.module), BATCH_FIRST.id, context.method_name)
     context.ran("place in the batch")
+
+
+def _check_shared_calls_broadcast(context: CheckContext, observed, calls: list[LayerCall]) -> None:
+    """A layer called on arguments every sample shares (positions, one row) is recorded, and handed on,
+    expanded to the batch (`observe.broadcast_shared`), so its output gradient is per sample. That
+    is the model's own computation only where the model broadcasts the one-row output over the batch:
+    the losses of the forward with the expansion must equal those of the plain model."""
+    shared = [c for c in calls if c.shared]
+    if not shared:
+        return
+    with torch.no_grad(), preserved(context.model), torch.random.fork_rng(devices=[]):
+        plain = context.loss_fn(context.full_call.call(context.model), context.full_targets)
+    expanded = observed.losses.detach()
+    scale = max(plain.abs().max().item(), 1e-30) if plain.numel() else 1.0
+    if (plain.shape != expanded.shape or (observed.draws_random_numbers is False
+                                          and (plain - expanded).abs().max().item() > RELATIVE * 10 * scale)):
+        raise refusal(Finding(
+            "is called on arguments every sample shares (one row on dim 0, e.g. position ids), and the model does "
+            "not broadcast its output over the batch unchanged: with the output expanded to each sample the losses "
+            "differ, so its per-sample gradients cannot be taken from a per-sample output gradient",
+            shared[0].qualname, shared[0].module), BATCH_FIRST.id, context.method_name)
+    context.ran("shared calls broadcast")
 
 
 def _captured(context: CheckContext, call, targets, calls: list[LayerCall]) -> list[LayerCall]:

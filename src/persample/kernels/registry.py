@@ -66,10 +66,11 @@ def _untaken_dtype(module: nn.Module) -> str | None:
 
 def placement_of(module: nn.Module) -> tuple[str, str | None]:
     """("triton", None), ("rules", why the kernel does not take it: no kernel for the layer, a parameter
-    dtype the kernels do not take, or the kernel's own refusal), or ("none", why) without any rule."""
+    dtype the kernels do not take, or the kernel's own refusal), or ("torch.func", why) without any rule
+    (the per-layer fallback of `persample.rules.functional` computes it)."""
     shared = rule_for(module)
     if shared is None:
-        return "none", f"{type(module).__name__} has no per-layer rule"
+        return "torch.func", f"{type(module).__name__} has no per-layer rule: the torch.func fallback computes it"
     kernel = _KERNELS.get(shared.layer)
     if kernel is None:
         return "rules", f"no Triton kernel for {shared.layer.__name__}"

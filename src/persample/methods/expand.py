@@ -27,10 +27,12 @@ from ..contract import Batch, LossFn, trainable_parameters
 from ..gradients import gradients
 from ..checks.guard import check_no_gradient_outside
 from ..layers import LayerInput
-from ..rules import LayerRule, rule_types
+from ..observe import expand_shared, shared_arguments
+from ..rules import LayerRule
 from ..state import preserved
-from .hooks import IDENTITY_HINT
-from .rule_based import REFUSALS, RELIES_ON, RuleBasedMethod, owners_with_rules
+from ..checks.guard import BatchResidual
+from .hooks import IDENTITY_HINT, _check_outputs_intact, capture_calls, live_calls, output_targets, rule_gradients, zeros_where_unreached
+from .rule_based import REFUSALS, RELIES_ON, RuleBasedMethod, layer_plan, placement_of_plan, qualified_names, trainable_names
 
 LOSS_RELATIVE = 1e-5  # the expanded forward computes the model's own losses, up to rounding
 OUTPUT_RELATIVE = 1e-4  # and each layer's output, up to rounding (float32 on the checks' widened model)
@@ -60,44 +62,84 @@ def per_sample_forwards(
 
 
 def call_weights(module: nn.Module, names: Collection[str], expanded: dict[int, torch.Tensor], batch: int) -> dict[str, torch.Tensor]:
-    """{name: (B, *shape)} for each of `names` the module holds now: the per-sample leaf in `expanded`
-    of a trainable parameter, else the module's tensor as a stride-0 view; a name the module holds
-    as None (no bias) is left out."""
+    """{name: (B, *shape)} for each of `names` the module holds now (a dotted name: a child's tensor the
+    module's forward reads, as nn.MultiheadAttention's "out_proj.weight"): the per-sample leaf in
+    `expanded` of a trainable parameter, else the module's tensor as a stride-0 view; a name the
+    module holds as None (no bias) is left out."""
     weights = {}
-    for local in names:
-        param = module._parameters.get(local)
+    for name in names:
+        owner, _, local = name.rpartition(".")
+        holder = module.get_submodule(owner) if owner else module
+        param = holder._parameters.get(local)
         if param is not None and id(param) in expanded:
-            weights[local] = expanded[id(param)]
+            weights[name] = expanded[id(param)]
             continue
-        tensor = getattr(module, local, None)
+        tensor = getattr(holder, local, None)
         if isinstance(tensor, torch.Tensor):
-            weights[local] = tensor.unsqueeze(0).expand(batch, *tensor.shape)
+            weights[name] = tensor.unsqueeze(0).expand(batch, *tensor.shape)
     return weights
+
+
+def routed_and_captured(plan: dict[nn.Module, LayerRule]) -> tuple[dict[nn.Module, LayerRule], dict[nn.Module, LayerRule]]:
+    """`plan` split into the layers run through their rule's expanded forward and those without one
+    (the per-layer torch.func fallback), whose calls are captured as hooks captures them."""
+    routed = {m: r for m, r in plan.items() if r.expanded_forward is not None}
+    return routed, {m: r for m, r in plan.items() if r.expanded_forward is None}
+
+
+def expanded_parameters(plan: dict[nn.Module, LayerRule], params: dict[str, nn.Parameter]) -> dict[str, nn.Parameter]:
+    """The parameters of `params` that a routed layer (see `routed_and_captured`) computes: those that
+    get a per-sample (B, *shape) leaf."""
+    routed, _ = routed_and_captured(plan)
+    ids = {id(module.get_parameter(name)) for module, rule in routed.items() for name in trainable_names(module, rule)}
+    return {name: p for name, p in params.items() if id(p) in ids}
 
 
 def _bound(rule: LayerRule, module: nn.Module, expanded: dict[int, torch.Tensor], batch: int):
     def forward(*args, **kwargs) -> torch.Tensor:
         weights = call_weights(module, rule.params, expanded, batch)
-        return rule.expanded_forward(module, LayerInput(args, kwargs), weights)
+        inputs = LayerInput(args, kwargs)
+        if shared_arguments(args, kwargs, batch):  # positions: each sample's own copy, with its own weights
+            inputs = expand_shared(args, kwargs, batch)
+        return rule.expanded_forward(module, inputs, weights)
 
     return forward
 
 
-def expanded_step(model: nn.Module, loss_fn: LossFn, rules, params, call: CallArgs, targets: torch.Tensor,
+def expanded_step(model: nn.Module, loss_fn: LossFn, plan, params, call: CallArgs, targets: torch.Tensor,
                   expanded: dict[int, torch.Tensor], retain_graph: bool = False, guard: bool = False):
-    """(per-sample gradients, losses) from one expanded forward and one backward. With `guard`,
-    the same backward gives what reaches the parameters themselves, which, the expanded copies
-    being detached, is only what flows outside their layers' calls: it must be none."""
+    """(per-sample gradients, losses) from one expanded forward and one backward. Layers without an
+    expanded forward (the torch.func fallback) have their calls captured and their rule applied to the
+    output gradients of the same backward. With `guard`, the same backward gives what reaches the
+    parameters themselves: for an expanded one, whose copies are detached, only what flows outside
+    its layers' calls, which must be none; for a captured one, its batch gradient, which the rule's
+    per-sample gradients must sum to."""
     batch = targets.shape[0]
-    with per_sample_forwards(rules, expanded, batch):
-        losses = loss_fn(call.call(model), targets)
-        leaves = [expanded[id(p)] for p in params.values()]
-        extra = [p for p in params.values() if guard]
-        grads = gradients(losses.sum(), leaves + extra, retain_graph=retain_graph, dense=not guard)
+    routed, captured = routed_and_captured(plan)
+    leaf_names = [name for name, p in params.items() if id(p) in expanded]
+    free = {name: p for name, p in params.items() if id(p) not in expanded}
+    with per_sample_forwards(routed, expanded, batch):
+        outputs, calls = capture_calls(model, qualified_names(model, captured) if captured else {}, call)
+        losses = loss_fn(outputs, targets)
+        live = live_calls(calls)
+        outs = output_targets(live)
+        leaves = [expanded[id(params[name])] for name in leaf_names]
+        extra = [params[name] for name in leaf_names] + list(free.values()) if guard else []
+        grads = gradients(losses.sum(), leaves + outs + extra, retain_graph=retain_graph, dense=not guard)
+    per_sample = {name: g if g is not None else torch.zeros_like(leaf)
+                  for name, g, leaf in zip(leaf_names, grads, leaves)}
+    if free:
+        _check_outputs_intact([entry.call for entry in live], "expand")
+        residual = None
+        if guard:
+            residual = BatchResidual(free, dict(zip(free, grads[len(leaves) + len(outs) + len(leaf_names):])))
+        by_param = rule_gradients(captured, live, grads[len(leaves): len(leaves) + len(outs)], batch, residual, "expand")
+        per_sample.update(zeros_where_unreached(free, by_param, batch))
+        if residual is not None:
+            residual.check("expand")
     if guard:
-        check_no_gradient_outside(dict(zip(params, grads[len(leaves):])), "expand")
-        grads = [g if g is not None else torch.zeros_like(leaf) for g, leaf in zip(grads[: len(leaves)], leaves)]
-    return dict(zip(params, grads)), losses
+        check_no_gradient_outside(dict(zip(leaf_names, grads[len(leaves) + len(outs):])), "expand")
+    return {name: per_sample[name] for name in params}, losses
 
 
 class ExpandMethod(RuleBasedMethod):
@@ -110,7 +152,7 @@ class ExpandMethod(RuleBasedMethod):
     capabilities = Capabilities(
         name="expand",
         summary="per-sample expanded weights; autograd returns per-sample gradients",
-        layers=rule_types(),
+        layers=None,  # closed-form rules where registered, the per-layer torch.func fallback elsewhere
         relies_on=RELIES_ON,
         refusals=REFUSALS,
     )
@@ -121,15 +163,17 @@ class ExpandMethod(RuleBasedMethod):
         self.guard = guard
 
     def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch):
-        rules = owners_with_rules(model)
+        plan = layer_plan(model)
         params = trainable_parameters(model)
+        routed = expanded_parameters(plan, params)
         guard = self.guard
 
         def step(call: CallArgs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
             batch = targets.shape[0]
-            expanded = {id(p): p.detach().unsqueeze(0).expand(batch, *p.shape).requires_grad_() for p in params.values()}
-            return expanded_step(model, loss_fn, rules, params, call, targets, expanded, guard=guard)[0]
+            expanded = {id(p): p.detach().unsqueeze(0).expand(batch, *p.shape).requires_grad_() for p in routed.values()}
+            return expanded_step(model, loss_fn, plan, params, call, targets, expanded, guard=guard)[0]
 
+        step.placement = placement_of_plan(model, plan)
         return step
 
     def _self_check(self, context: checks.CheckContext, raw) -> None:
@@ -139,17 +183,19 @@ class ExpandMethod(RuleBasedMethod):
         model, params, batch = context.check_model, context.params, context.batch_size
         random = context.observation().draws_random_numbers
         plain = None if random else context.forward()
+        plan = layer_plan(model)
         expanded = {id(p): p.unsqueeze(0).expand(batch, *p.shape) if random
-                    else p.detach().unsqueeze(0).expand(batch, *p.shape).requires_grad_() for p in params.values()}
+                    else p.detach().unsqueeze(0).expand(batch, *p.shape).requires_grad_()
+                    for p in expanded_parameters(plan, params).values()}
         with preserved(model), torch.enable_grad():
-            per_sample, losses = expanded_step(model, context.loss_fn, owners_with_rules(model), params,
+            per_sample, losses = expanded_step(model, context.loss_fn, plan, params,
                                                context.check_call, context.check_targets, expanded, retain_graph=random)
             if random:
                 checks.weighted_identity(context, per_sample, losses, IDENTITY_HINT)
                 return
         difference = (losses.detach() - plain.losses.detach()).abs().max().item()
         if difference > LOSS_RELATIVE * max(plain.losses.detach().abs().max().item(), 1e-30):
-            layer = diverging_call(plain.calls, owners_with_rules(model))
+            layer = diverging_call(plain.calls, routed_and_captured(plan)[0])
             why = (f"computes other losses than the model with its layers' batched forms (off by {difference:.3g}): "
                    + ("its rule's batched form gives another output than its forward on this batch" if layer
                       else "a layer's forward is not the one its rule describes"))

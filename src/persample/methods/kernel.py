@@ -23,7 +23,6 @@ from torch import nn
 from ..assumptions import SETTING
 from ..capabilities import Capabilities, Finding, Refusal
 from ..contract import Batch, LossFn, trainable_owners
-from ..rules import rule_types
 from .hooks import HooksLikeMethod
 from ..assumptions import OUTPUT_GRADIENTS, PLAIN_FORWARD
 from .rule_based import REFUSALS, RELIES_ON, RuleLookup
@@ -57,7 +56,7 @@ class KernelMethod(HooksLikeMethod):
         devices=frozenset({"cuda", "cpu"}),
         dtypes=KERNEL_DTYPES,
         dtype_reasons={torch.float64: "the kernels accumulate in float32, so float64 would silently lose precision"},
-        layers=rule_types(),
+        layers=None,  # closed-form rules where registered, the per-layer torch.func fallback elsewhere
         requires=(("triton", "triton"),),
         relies_on=(*RELIES_ON, PLAIN_FORWARD.id, OUTPUT_GRADIENTS.id),
         refusals=(Refusal(SETTING.id, "the CPU only under TRITON_INTERPRET=1", _compiled_kernels_on_cpu), *REFUSALS),

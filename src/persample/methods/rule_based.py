@@ -19,7 +19,8 @@ from .. import checks
 from ..assumptions import BATCH_FIRST, INTACT_OUTPUTS, LAYER_RULES, MATCHES_DEFINITION, OWN_LAYER, PLAIN_FORWARD
 from ..capabilities import Finding, Refusal
 from ..contract import trainable_owners
-from ..rules import LayerRule, rule_for, rule_types
+from ..rules import LayerRule, layer_rule, rule_for
+from ..rules.functional import PLACEMENT as FALLBACK, fallback_rule, functional_grad_sample
 from .base import Method
 
 RuleLookup = Callable[[nn.Module], LayerRule | None]
@@ -28,9 +29,66 @@ RELIES_ON = (LAYER_RULES.id, OWN_LAYER.id, BATCH_FIRST.id, INTACT_OUTPUTS.id, MA
 through its output only, while expand's autograd also follows a derivative taken in forward)."""
 
 
+def claimed_parameters(module: nn.Module, rule: LayerRule) -> dict[str, nn.Parameter]:
+    """{dotted name: parameter} of the children's trainable parameters `rule` claims for `module`
+    (`rule.params` names such as nn.MultiheadAttention's "out_proj.weight": its forward reads them
+    itself, the child is never called)."""
+    claimed = {}
+    for name in rule.params:
+        if "." in name:
+            try:
+                param = module.get_parameter(name)
+            except AttributeError:
+                continue
+            if param.requires_grad:
+                claimed[name] = param
+    return claimed
+
+
+def trainable_names(module: nn.Module, rule: LayerRule) -> frozenset[str]:
+    """The names, among `rule.params`, of the trainable parameters `module`'s rule computes: its own
+    (`LayerRule.trainable`) and those it claims from children (`claimed_parameters`)."""
+    return rule.trainable(module) | frozenset(claimed_parameters(module, rule))
+
+
+def layer_plan(model: nn.Module, lookup: RuleLookup = rule_for) -> dict[nn.Module, LayerRule]:
+    """Every module whose calls give per-sample gradients, with its rule: each module owning a
+    trainable parameter gets its registered rule (`lookup`), or, with none, the per-layer torch.func
+    fallback (`persample.rules.functional`), unless an ancestor's rule claims all its trainable
+    parameters (nn.MultiheadAttention's out_proj), in which case that ancestor is in the plan instead.
+    Refusals (`REFUSALS`) run first: a module whose rule does not apply in its state (BatchNorm in
+    training mode) never reaches here."""
+    plan: dict[nn.Module, LayerRule] = {}
+    claimed: set[int] = set()
+    for module in model.modules():
+        rule = lookup(module)
+        if rule is not None and (children := claimed_parameters(module, rule)):
+            plan[module] = rule
+            claimed.update(id(p) for p in children.values())
+    for _, module in trainable_owners(model):
+        if module in plan or all(id(p) in claimed for p in module.parameters(recurse=False) if p.requires_grad):
+            continue
+        plan[module] = lookup(module) or fallback_rule(module)
+    return plan
+
+
+def qualified_names(model: nn.Module, modules) -> dict[nn.Module, str]:
+    """{module: its qualified name in `model`} for each of `modules` ("" for the model itself)."""
+    names = {module: name for name, module in model.named_modules()}
+    return {module: names.get(module, "") for module in modules}
+
+
+def placement_of_plan(model: nn.Module, plan: dict[nn.Module, LayerRule]) -> dict[str, str]:
+    """{qualified name: "rules" | "torch.func"} for every module in `plan`: which layers a closed-form
+    rule computes and which the per-layer torch.func fallback does."""
+    names = qualified_names(model, plan)
+    return {names[module]: FALLBACK if rule.grad_sample is functional_grad_sample else "rules"
+            for module, rule in plan.items()}
+
+
 def owners_with_rules(model: nn.Module, lookup: RuleLookup = rule_for) -> dict[nn.Module, LayerRule]:
-    """Every module owning a trainable parameter, with its rule (refusals guarantee one exists)."""
-    return {module: lookup(module) for _, module in trainable_owners(model)}
+    """`layer_plan` (the name the checks and the kernel method know it by)."""
+    return layer_plan(model, lookup)
 
 
 def _reparametrised(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Finding | None:
@@ -54,22 +112,24 @@ def _reparametrised(model: nn.Module, device: torch.device, dtype: torch.dtype) 
     return None
 
 
-def _missing_rule(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Finding | None:
-    names = ", ".join(sorted(t.__name__ for t in rule_types()))
+def _rule_does_not_apply(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Finding | None:
+    """A layer whose registered rule says it does not apply in the layer's current state (BatchNorm in
+    training mode normalises with the batch's statistics, which couple the samples). A layer with no
+    rule at all is not refused: the per-layer torch.func fallback computes it, under the same checks."""
     for qualname, module in trainable_owners(model):
-        if rule_for(module) is None:
-            owned = ", ".join(repr(n) for n, p in module.named_parameters(recurse=False) if p.requires_grad)
-            why = ("overrides forward() of a layer with a rule, so the rule's formula may not apply"
-                   if isinstance(module, rule_types()) else f"has no per-layer rule for the parameters it owns itself ({owned})")
-            return Finding(f"{why}; rules exist for {names}", qualname, module)
+        rule = layer_rule(module)
+        applies = getattr(rule, "applies", None)
+        reason = applies(module) if applies is not None else None
+        if reason:
+            return Finding(reason, qualname, module)
     return None
 
 
 REFUSALS = (
     Refusal(OWN_LAYER.id, "parameters reparametrised (torch.nn.utils.parametrize) or recomputed by a "
             "pre-hook (weight_norm, spectral_norm)", _reparametrised),
-    Refusal(LAYER_RULES.id, "trainable layers without a rule: "
-            + ", ".join(sorted(t.__name__ for t in rule_types())) + " have one", _missing_rule),
+    Refusal(LAYER_RULES.id, "a layer whose rule does not apply in its state (BatchNorm normalising with the "
+            "batch's statistics); layers without a rule run on the per-layer torch.func fallback", _rule_does_not_apply),
 )
 
 
