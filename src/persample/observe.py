@@ -72,10 +72,13 @@ def shared_arguments(args: tuple, kwargs: dict, batch: int) -> bool:
     return batch > 1 and bool(tensors) and all(t.shape[0] == 1 for t in tensors)
 
 
-def is_shared_call(args: tuple, kwargs: dict, output: Any, batch: int) -> bool:
-    """`shared_arguments`, and an output tensor of one row: what every sample shares."""
+def is_shared_call(module: nn.Module, args: tuple, kwargs: dict, output: Any, batch: int) -> bool:
+    """`shared_arguments`, and an output tensor of one row: what every sample shares. Never for a layer
+    whose rule places the batch elsewhere than dim 0 (`LayerRule.batch_first`: a time-major call
+    with one time step is not shared)."""
+    rule = layer_rule(module)
     return (isinstance(output, torch.Tensor) and output.dim() > 0 and output.shape[0] == 1
-            and shared_arguments(args, kwargs, batch))
+            and shared_arguments(args, kwargs, batch) and (rule is None or rule.batch_first is None))
 
 
 def broadcast_shared(args: tuple, kwargs: dict, output: torch.Tensor, batch: int) -> tuple[LayerInput, torch.Tensor]:
@@ -95,6 +98,16 @@ def expand_shared(args: tuple, kwargs: dict, batch: int) -> LayerInput:
     """The call's arguments with every tensor (with a dim) expanded to `batch` rows (stride-0 views)."""
     args, kwargs = tree_map(lambda t: _expand_rows(t, batch), (tuple(args), dict(kwargs)))
     return LayerInput(args, kwargs)
+
+
+class SharedExpansionFailed(Exception):
+    """The forward failed after a shared call's output was handed on expanded to the batch
+    (`broadcast_shared`): the model does not broadcast that output over the batch. `call` is the first
+    shared call, `error` what the forward raised."""
+
+    def __init__(self, call: LayerCall, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.call, self.error = call, error
 
 
 @dataclass
@@ -209,7 +222,7 @@ class _Recorder:
         if self.stack and self.stack[-1] is module:
             self.stack.pop()
         if module in self.capture:
-            shared = is_shared_call(args, kwargs, output, self.batch)
+            shared = is_shared_call(module, args, kwargs, output, self.batch)
             inputs = LayerInput(args, kwargs)
             if shared:
                 inputs, output = broadcast_shared(args, kwargs, output, self.batch)
@@ -263,13 +276,19 @@ def observe(
     before = rng_state(model)
     try:
         with preserved(model) as buffers, torch.enable_grad():
-            if watch:
-                with _function_applications(recorder), _Watch(recorder):
+            try:
+                if watch:
+                    with _function_applications(recorder), _Watch(recorder):
+                        outputs = call.call(model)
+                        losses = loss_fn(outputs, targets)
+                else:
                     outputs = call.call(model)
                     losses = loss_fn(outputs, targets)
-            else:
-                outputs = call.call(model)
-                losses = loss_fn(outputs, targets)
+            except Exception as error:
+                shared = next((c for c in recorder.calls if c.shared), None)
+                if shared is None:
+                    raise
+                raise SharedExpansionFailed(shared, error) from error
             mutated = buffers.changed()
             draws = not same_rng_state(before, rng_state(model))
     finally:

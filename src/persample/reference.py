@@ -33,7 +33,12 @@ SIGNAL_FRACTION = 1e-10
 """Below the floor a parameter's gradients may be off by rounding, but not missing: when a method's
 are all exactly zero and the reference's norm is above this fraction of the largest (far above
 float64's rounding), the parameter was left out of the computation (a zeroed branch, a detached
-path) and the comparison says so."""
+path) and the comparison says so. A reference computed in a narrower dtype (a check against autograd
+in the model's float32) has its own rounding: the fraction is then at least `SIGNAL_EPS` of that
+dtype's machine epsilon (a 2-token sample scoring one position that attends only to itself has
+exact-zero query/key gradients, which float32 autograd gives as 3e-10 of the largest)."""
+
+SIGNAL_EPS = 10
 
 
 def reference_grads(
@@ -113,7 +118,8 @@ def compare(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) 
     maxₚ‖g_p‖_F; per sample i: ‖ĝ_pi − g_pi‖ / max(‖g_pi‖, `VANISHING_FRACTION` × maxₚ‖g_pi‖). A
     vanishing gradient is thus judged on the scale of the largest one, not its own near-zero norm
     (where rounding is all there is). A parameter whose gradients are all exactly zero while the
-    reference's are not (above `SIGNAL_FRACTION` of the largest and above the dtype's underflow)
+    reference's are not (above `SIGNAL_FRACTION` of the largest, or `SIGNAL_EPS` epsilons of the reference's
+    dtype, and above the dtype's underflow)
     is reported as left out of the computation, not measured. Returns a `Comparison`; never raises
     for a wrong answer (the problems are in it); `reference`'s tensors must share B. The conformance
     cells, the checks at prepare time, `persample check`, the specification assertions
@@ -127,6 +133,8 @@ def compare(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) 
     if extra:
         result.problems.append(f"unexpected gradients for {sorted(extra)} (frozen or unknown)")
     names = [n for n in reference if n in grads]
+    signal = max([SIGNAL_FRACTION] + [SIGNAL_EPS * torch.finfo(reference[n].dtype).eps for n in names
+                                      if reference[n].is_floating_point()])
     ref = {n: reference[n].detach().double().cpu() for n in names}
     floor = VANISHING_FRACTION * max((r.norm().item() for r in ref.values()), default=0.0)
     sample_norms = torch.stack([r.reshape(r.shape[0], r[0].numel() if r.shape[0] else 0).norm(dim=1) for r in ref.values()]) if ref else None
@@ -145,7 +153,7 @@ def compare(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) 
             result.problems.append(f"{name}: non-finite values (NaN or inf)")
             continue
         norm = ref[name].norm().item()
-        if floor and not got.any() and norm > SIGNAL_FRACTION * floor / VANISHING_FRACTION and ref[name].abs().max().item() > underflow:
+        if floor and not got.any() and norm > signal * floor / VANISHING_FRACTION and ref[name].abs().max().item() > underflow:
             result.problems.append(f"{name}: every per-sample gradient is exactly zero, but the reference's are not "
                                    f"(norm {norm:.3g}, {norm * VANISHING_FRACTION / floor:.2g} of the largest parameter's): "
                                    "the parameter was left out of the computation")

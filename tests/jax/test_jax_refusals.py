@@ -28,13 +28,19 @@ class Cumulative(nn.Module):
         return torch.cumsum(self.fc(x), 1)
 
 
-class Branching(nn.Module):
+class ValueShaped(nn.Module):
+    """A branch on values (fx cannot trace it; the real-value capture can) around an op whose output
+    shape depends on the values (nothing JAX can compile)."""
+
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(5, 3)
 
     def forward(self, x):
-        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+        h = self.fc(x)
+        if torch.isfinite(h).all():
+            return h.index_fill(1, torch.nonzero(h[0] > 0).flatten(), 0.0)
+        return h
 
 
 class InPlaceOnView(nn.Module):
@@ -58,7 +64,7 @@ REFUSALS = {
     "layer": (lambda: nn.Sequential(nn.Linear(5, 5), nn.PReLU(), nn.Linear(5, 3)),
               r"layer 1 \(PReLU\) is outside the jax method's translation vocabulary \(.*LSTM.*\).*methods that can: .*\bloop\b"),
     "function": (Cumulative, r"torch.cumsum \(called in <root> \(Cumulative.forward\)\) has no JAX translation.*methods that can: .*\bloop\b"),
-    "control-flow": (Branching, r"torch.fx cannot trace the model's forward.*control flow"),
+    "value-dependent-shape": (ValueShaped, r"nonzero.*shape depends on the values"),
     "training-dropout": (lambda: nn.Sequential(nn.Linear(5, 3), nn.Dropout(0.5)), r"dropout with p=0.5 in training mode.*model.eval\(\)"),
     "forward-hook": (hooked, r"module 0 \(Linear\) has forward hooks, which the JAX translation would not run"),
     "in-place-on-view": (InPlaceOnView, r"modifies in place a tensor that shares memory with a view.*out-of-place"),

@@ -83,7 +83,10 @@ def test_the_checks_itself_column_says_no_for_a_peer_and_yes_for_our_checked_met
 
 
 def test_a_refusal_implied_by_the_layer_vocabulary_is_listed_with_the_declared_ones():
-    row = rendered_table()["hooks"]["refuses"]
-    caps = registered()["hooks"].capabilities
+    """torch-ew differentiates a fixed list of layer types (hooks, expand and kernel take any layer:
+    the torch.func fallback computes those without a rule)."""
+    assert registered()["hooks"].capabilities.layers is None
+    row = rendered_table()["torch-ew"]["refuses"]
+    caps = registered()["torch-ew"].capabilities
     implied = caps.all_refusals()[-1]
     assert implied.summary.startswith("trainable layers outside") and f"{implied.summary} ({implied.assumption})" in row

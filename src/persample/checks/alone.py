@@ -189,11 +189,11 @@ def whole_batch_gradients(context: CheckContext, weighted_sum: bool = True) -> N
         rule = rule_for(call.module)
         trainable = rule.trainable(call.module) if rule is not None else frozenset()
         if rule is None or rule.grad_batch is None:
-            without_formula.update(id(getattr(call.module, local)) for local in trainable)
+            without_formula.update(id(call.module.get_parameter(local)) for local in trainable)
             continue
         scaled = (rows * weights.to(rows.dtype)[:, None]).reshape(g.shape)
         for local, grad in rule.grad_batch(call.module, call.inputs, scaled, trainable).items():
-            key = id(getattr(call.module, local))
+            key = id(call.module.get_parameter(local))
             summed[key] = grad if key not in summed else summed[key] + grad
     context.ran("whole-batch output gradients")
     got, expected = {}, {}

@@ -23,10 +23,26 @@ from torch import nn
 
 from ..batch import CallArgs
 from ..contract import LossFn, trainable_parameters
-from ..observe import Observation, observe
+from ..assumptions import BATCH_FIRST
+from ..capabilities import Finding, refusal
+from ..observe import Observation, SharedExpansionFailed, observe
 from ..state import HALF, widened
 
 CHECK_SAMPLES = 4
+
+
+@contextmanager
+def shared_expansion_refused(method: str) -> Iterator[None]:
+    """`observe.SharedExpansionFailed` as the batch-first-layers refusal naming the shared layer."""
+    try:
+        yield
+    except SharedExpansionFailed as failed:
+        first = str(failed.error).strip().splitlines()[0][:160] if str(failed.error).strip() else ""
+        raise refusal(Finding(
+            "is called on arguments every sample shares (one row on dim 0), and the model does not broadcast its "
+            f"output over the batch: with that output expanded to each sample the forward fails "
+            f"({type(failed.error).__name__}: {first}), so its per-sample gradients cannot be taken from a "
+            "per-sample output gradient", failed.call.qualname, failed.call.module), BATCH_FIRST.id, method) from None
 
 
 @dataclass
@@ -123,7 +139,8 @@ class CheckContext:
         block). Its graph and captured tensors are for the checks of that block (`release` frees
         them); the checks of the method's answer make their own forward of the check rows."""
         if self._observation is None:
-            found = observe(self.model, self.loss_fn, self.full_call, self.full_targets, capture=self.capture)
+            with shared_expansion_refused(self.method_name):
+                found = observe(self.model, self.loss_fn, self.full_call, self.full_targets, capture=self.capture)
             self._observation = found
             self.mutated_buffers = frozenset(found.mutated_buffers)
         return self._observation
@@ -136,7 +153,8 @@ class CheckContext:
 
     def forward(self) -> Observation:
         """A fresh forward of the check rows recording the captured calls, with its own graph."""
-        return observe(self.model, self.loss_fn, self.check_call, self.check_targets, capture=self.capture, watch=False)
+        with shared_expansion_refused(self.method_name):
+            return observe(self.model, self.loss_fn, self.check_call, self.check_targets, capture=self.capture, watch=False)
 
     def ran(self, name: str) -> None:
         """Record that the check `name` ran."""

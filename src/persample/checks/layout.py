@@ -21,6 +21,7 @@ from torch.utils._pytree import tree_leaves
 from ..assumptions import BATCH_FIRST
 from ..capabilities import Finding, refusal
 from ..observe import LayerCall, observe
+from ..rules import layer_rule
 from ..state import preserved
 from .context import CheckContext
 
@@ -46,7 +47,7 @@ def probe_batch_layout(context: CheckContext) -> None:
     for j, k in pairs:
         again = _captured(context, context.full_call.map(lambda t: _replace_row(t, j, k)), _replace_row(context.full_targets, j, k), calls)
         for before, after in zip(calls, again):
-            for what, a, b in (("input", before.input, after.input), ("output", before.output, after.output)):
+            for what, a, b in zip(("input", "output"), batch_first(before), batch_first(after)):
                 change = _other_rows_change(a, b, j)
                 if change is not None:
                     raise refusal(Finding(
@@ -61,7 +62,7 @@ def probe_batch_layout(context: CheckContext) -> None:
         return
     rolled = _captured(context, context.full_call.map(lambda t: t.roll(1, 0)), context.full_targets.roll(1, 0), calls)
     for before, after in zip(calls, rolled):
-        for what, a, b in (("input", before.input, after.input), ("output", before.output, after.output)):
+        for what, a, b in zip(("input", "output"), batch_first(before), batch_first(after)):
             change = _rows_not_moved(a, b)
             if change is not None:
                 raise refusal(Finding(
@@ -106,8 +107,19 @@ def _captured(context: CheckContext, call, targets, calls: list[LayerCall]) -> l
     return repeated
 
 
+def batch_first(call: LayerCall) -> tuple[object, object]:
+    """(input, output) of a captured call with the sample on dim 0: the layer's first argument and its
+    output, or, for a layer whose rule says where its batch is (`LayerRule.batch_first`: time-major
+    attention and recurrent layers), every argument and output through that view."""
+    rule = layer_rule(call.module)
+    if rule is None or rule.batch_first is None:
+        return call.input, call.output
+    inputs, output = rule.batch_first(call.module, call.inputs, call.output)
+    return (inputs.args, dict(inputs.kwargs)), output
+
+
 def _shape_finding(call: LayerCall, batch: int) -> Finding | None:
-    for what, value in (("input", call.input), ("output", call.output)):
+    for what, value in zip(("input", "output"), batch_first(call)):
         tensors = [t for t in tree_leaves(value) if isinstance(t, torch.Tensor)]
         if not tensors:
             return Finding(f"is called with an {what} that holds no tensor", call.qualname, call.module)
@@ -129,7 +141,7 @@ def _replacements(context: CheckContext, calls: list[LayerCall]) -> list[tuple[i
         return []
     wanted = [0, batch - 1, *context.rows]
     for call in calls:  # the samples holding each captured tensor's largest value
-        for value in (call.input, call.output):
+        for value in batch_first(call):
             for tensor in tree_leaves(value):
                 if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel():
                     wanted.append(int(tensor.detach().reshape(batch, -1).abs().amax(1).argmax()))

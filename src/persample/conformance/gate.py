@@ -68,8 +68,8 @@ def verdict(record: Record, breaks: frozenset[str], peer: bool, expectations: Ex
         return _strict(record, deviation, what)
     if record.outcome == "pass":
         return Verdict("pass")
-    if record.outcome == "unsupported" and (record.declared or record.assumption in DISCOVERED):
-        return Verdict("skip", f"unsupported: {record.reason}")
+    if record.outcome == "unsupported" and (record.declared or record.assumption in DISCOVERED | breaks):
+        return Verdict("skip", f"unsupported: {record.reason}")  # a refusal naming what the workload breaks is right
     return Verdict("fail", f"{what}" + (" — refused by its checks on a model that breaks no assumption"
                                         if record.outcome == "unsupported" else ""))
 

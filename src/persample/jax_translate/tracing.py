@@ -20,6 +20,12 @@ METHOD = "jax"
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
+class FxTraceFailed(Unsupported):
+    """torch.fx could not trace the forward or the loss (Python control flow on tensor values, an
+    operation on a proxy that Python needs the value of): the jax method captures it with real
+    values instead (`capture`)."""
+
+
 class ModelThenLoss(nn.Module):
     """`forward(*tensor_inputs, targets)`: the per-sample losses (or the outputs without a loss).
 
@@ -87,7 +93,7 @@ def trace(model: nn.Module, loss_fn: LossFn | None, inputs: int | CallArgs) -> t
         raise
     except Exception as error:
         part = "model's forward" if loss_fn is None else "model's forward or the loss function"
-        raise Unsupported(
+        raise FxTraceFailed(
             f"torch.fx cannot trace the {part} ({type(error).__name__}: {error}). The jax "
             "method compiles one graph, so Python control flow must not depend on tensor values "
             "and every step must be a torch operation; rewrite the data-dependent part with "

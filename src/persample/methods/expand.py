@@ -99,7 +99,7 @@ def _bound(rule: LayerRule, module: nn.Module, expanded: dict[int, torch.Tensor]
     def forward(*args, **kwargs) -> torch.Tensor:
         weights = call_weights(module, rule.params, expanded, batch)
         inputs = LayerInput(args, kwargs)
-        if shared_arguments(args, kwargs, batch):  # positions: each sample's own copy, with its own weights
+        if rule.batch_first is None and shared_arguments(args, kwargs, batch):  # positions: each sample's own copy, with its own weights
             inputs = expand_shared(args, kwargs, batch)
         return rule.expanded_forward(module, inputs, weights)
 

@@ -49,7 +49,7 @@ def capture_calls(model: nn.Module, layers, call: CallArgs) -> tuple[object, lis
     names = layers if isinstance(layers, dict) else {}
 
     def record(module, args, kwargs, output):
-        if is_shared_call(args, kwargs, output, batch):  # positions: each sample's own copy (`broadcast_shared`)
+        if is_shared_call(module, args, kwargs, output, batch):  # positions: each sample's own copy (`broadcast_shared`)
             inputs, output = broadcast_shared(args, kwargs, output, batch)
             calls.append(LayerCall(module, names.get(module, ""), inputs, output, output_version(output), torch.is_grad_enabled(), None, True))
             return output

@@ -1,9 +1,13 @@
-"""Linear. Indices: n batch, t tokens (all dims between batch and features), i in, o out.
+"""Linear, and Hugging Face's Conv1D (a Linear with its weight transposed: (nx, nf), y = x W + b).
+Indices: n batch, t tokens (all dims between batch and features), i in, o out.
 
 gW[n,o,i] = Σ_t g[n,t,o] x[n,t,i];  gb[n,o] = Σ_t g[n,t,o]
 (Goodfellow 2015, "Efficient Per-Example Gradient Computations", eq. for Z = XW: the per-example
 weight gradient is the outer product of the layer's input and the gradient at its output; over
 tokens the products sum, as in Li et al. 2022.)
+Conv1D (`transformers.pytorch_utils.Conv1D`, GPT-2's projections), weight W[i,o]:
+gW[n,i,o] = Σ_t x[n,t,i] g[n,t,o];  gb[n,o] = Σ_t g[n,t,o]   (the same outer product, transposed)
+registered by qualified name: transformers is not imported by persample.
 """
 from __future__ import annotations
 
@@ -118,6 +122,62 @@ class LinearRule:
         in the per-sample gradient 2·t·i·o for a trainable weight + t·o for a trainable bias; t the
         tokens of the call."""
         i, o = module.in_features, module.out_features
+        t = inputs.first.numel() // i
+        products, bias = 2 * t * i * o, t * o if module.bias is not None else 0
+        per_sample = products * ("weight" in trainable) + bias * ("bias" in trainable)
+        return LayerFlops(products + bias, products, per_sample)
+
+
+HF_CONV1D = "transformers.pytorch_utils.Conv1D"
+"""Hugging Face's Conv1D, by qualified name: `register_rule` matches it without importing transformers."""
+
+
+@register_rule(HF_CONV1D)
+class HFConv1DRule:
+    """y = x W + b on inputs (n, *, nx), W (nx, nf), b (nf,) (transformers' `Conv1D.forward`:
+    `torch.addmm(bias, x.view(-1, nx), weight)`): a Linear whose weight is stored transposed."""
+
+    @staticmethod
+    def grad_sample(module: nn.Module, inputs: LayerInput, grad_out: torch.Tensor,
+                    trainable: Collection[str]) -> dict[str, torch.Tensor]:
+        """{"weight": (n, nx, nf), "bias": (n, nf)}, each only when named in `trainable`: gW[n] = x[n]ᵀ g[n]
+        (`outer_products` with the roles of g and x swapped), gb[n] = Σ_t g[n, t] (Goodfellow 2015).
+        Not differentiable, as the Linear rule's."""
+        x, g = _tokens(inputs.first.detach()), _tokens(grad_out.detach())
+        grads = {}
+        if "weight" in trainable:
+            grads["weight"] = outer_products(x, g)
+        if "bias" in trainable:
+            grads["bias"] = g.sum(1)
+        return grads
+
+    @staticmethod
+    def grad_batch(module: nn.Module, inputs: LayerInput, grad_out: torch.Tensor,
+                   trainable: Collection[str]) -> dict[str, torch.Tensor]:
+        """Σₙ of `grad_sample`: {"weight": (nx, nf), "bias": (nf,)} for the names in `trainable`, as xᵀ g
+        over every (n, t) row: one matrix product, no per-sample tensor."""
+        x, grad_out = inputs.first.detach(), grad_out.detach()
+        x2, g2 = x.reshape(-1, x.shape[-1]), grad_out.reshape(-1, grad_out.shape[-1])
+        grads = {}
+        if "weight" in trainable:
+            grads["weight"] = x2.t() @ g2
+        if "bias" in trainable:
+            grads["bias"] = g2.sum(0)
+        return grads
+
+    @staticmethod
+    def expanded_forward(module: nn.Module, inputs: LayerInput, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The output (n, *, nf) with sample n's weights[name][n]: out[n] = x[n] W[n] + b[n], `weights`
+        holding (n, nx, nf) and (n, nf): the Linear rule's batched form on W[n]ᵀ (a view)."""
+        transposed = dict(weights, weight=weights["weight"].transpose(1, 2))
+        return LinearRule.expanded_forward(module, inputs, transposed)
+
+    @staticmethod
+    def flops(module: nn.Module, inputs: LayerInput, output: torch.Tensor, trainable: Collection[str]) -> LayerFlops:
+        """As a Linear's: 2·t·nx·nf products (+ t·nf for the bias) in the forward, 2·t·nx·nf for the
+        input gradient, and in the per-sample gradient 2·t·nx·nf for a trainable weight + t·nf for a
+        trainable bias; t the tokens of the call."""
+        i, o = module.nx, module.nf
         t = inputs.first.numel() // i
         products, bias = 2 * t * i * o, t * o if module.bias is not None else 0
         per_sample = products * ("weight" in trainable) + bias * ("bias" in trainable)

@@ -1,12 +1,18 @@
-"""Affine normalisations: LayerNorm, RMSNorm, GroupNorm, InstanceNorm1d/2d/3d; BatchNorm's FLOPs.
+"""Affine normalisations: LayerNorm, RMSNorm, GroupNorm, InstanceNorm1d/2d/3d, and BatchNorm1d/2d/3d
+(and SyncBatchNorm) in eval mode with running statistics.
 
 Indices: n batch; the rest of the input's dims are reduced. With x̂ the normalised input (no
 affine), y = γ ⊙ x̂ + β, so gγ[n] = Σ g[n] ⊙ x̂[n] and gβ[n] = Σ g[n], summed over every dim
 that γ is broadcast along (layer norm: Ba et al. 2016, "Layer Normalization"; group norm: Wu & He
 2018, "Group Normalization"; RMSNorm: Zhang & Sennrich 2019, "Root Mean Square Layer
 Normalization"; instance norm: Ulyanov et al. 2016). x̂ depends on sample n alone, so these are
-exact per-sample gradients; BatchNorm's x̂ depends on the whole batch in training mode, so it is
-registered for its FLOPs only. Statistics are computed in float32 for half-precision inputs.
+exact per-sample gradients. BatchNorm (Ioffe & Szegedy 2015, "Batch Normalization", §3.1: at
+inference x̂ = (x − E[x]) / √(Var[x] + ε) with the population statistics, "a linear transform") in
+eval mode with running statistics is the fixed per-channel affine map
+x̂[n,c,…] = (x[n,c,…] − μ_c) / √(σ²_c + ε), so gγ[n,c] = Σ_… g[n,c,…] x̂[n,c,…], gβ[n,c] = Σ_… g[n,c,…];
+in training mode, or without running statistics (track_running_stats=False), its x̂ uses the
+batch's statistics, which couple the samples: its rule does not apply then (`BatchNormRule.applies`),
+and only its FLOPs are counted. Statistics are computed in float32 for half-precision inputs.
 """
 from __future__ import annotations
 
@@ -27,7 +33,8 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
 def normalised(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """x̂ (x.shape, in x's dtype): the module's output before its affine transform, computed in
     float32 for half inputs. InstanceNorm uses its running statistics when
-    `persample.layers.uses_running_stats` says it does."""
+    `persample.layers.uses_running_stats` says it does; BatchNorm always does (its rule applies only
+    then: `BatchNormRule.applies`)."""
     x32 = _upcast(x)
     if isinstance(module, nn.LayerNorm):
         out = F.layer_norm(x32, module.normalized_shape, eps=module.eps)
@@ -35,6 +42,9 @@ def normalised(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         out = F.rms_norm(x32, module.normalized_shape, eps=module.eps)
     elif isinstance(module, nn.GroupNorm):
         out = F.group_norm(x32, module.num_groups, eps=module.eps)
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        mean, var = module.running_mean.to(x32.dtype), module.running_var.to(x32.dtype)
+        out = F.batch_norm(x32, mean, var, training=False, eps=module.eps)
     else:  # InstanceNorm
         running = uses_running_stats(module)
         out = F.instance_norm(
@@ -69,8 +79,9 @@ class NormRule:
     def grad_sample(module: nn.Module, inputs: LayerInput, grad_out: torch.Tensor,
                     trainable: Collection[str]) -> dict[str, torch.Tensor]:
         """{"weight": (n, *γ.shape), "bias": (n, *β.shape)} for the names in `trainable`: gγ[n] =
-        Σ g[n] ⊙ x̂[n] and gβ[n] = Σ g[n] over the dims γ is broadcast along (module docstring)."""
-        x = inputs.first
+        Σ g[n] ⊙ x̂[n] and gβ[n] = Σ g[n] over the dims γ is broadcast along (module docstring). Not
+        differentiable (inputs detached: per-sample gradients are data)."""
+        x, grad_out = inputs.first.detach(), grad_out.detach()
         shape = _affine_shape(module, x)
         grads = {}
         if "weight" in trainable:
@@ -104,9 +115,48 @@ class NormRule:
 register_rule(nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)(NormRule)
 
 
-@register_rule(nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
+def batch_statistics_reason(module: nn.modules.batchnorm._BatchNorm) -> str | None:
+    """Why a BatchNorm normalises with the batch's statistics now (training mode, or no running
+    statistics: track_running_stats=False), as a predicate of the layer; None when it uses its running
+    ones (`persample.layers.uses_running_stats`)."""
+    if uses_running_stats(module):
+        return None
+    state = ("is in training mode" if module.training
+             else "has no running statistics (track_running_stats=False), even in eval mode")
+    return (f"{state}: it normalises with the batch's statistics, which couple the samples, so its "
+            "per-sample gradient is undefined (its rule holds in eval mode with running statistics: "
+            "track_running_stats=True and module.eval(); or replace it with GroupNorm or LayerNorm)")
+
+
+class BatchNormRule:
+    """y = γ ⊙ (x − μ) / √(σ² + ε) + β per channel (dim 1) with the running μ, σ² (eval mode): a fixed
+    affine map of each sample (module docstring; Ioffe & Szegedy 2015, §3.1)."""
+
+    applies = staticmethod(batch_statistics_reason)
+    grad_sample = NormRule.grad_sample
+    expanded_forward = NormRule.expanded_forward
+    flops = NormRule.flops
+
+    @staticmethod
+    def grad_batch(module: nn.modules.batchnorm._BatchNorm, inputs: LayerInput, grad_out: torch.Tensor,
+                   trainable: Collection[str]) -> dict[str, torch.Tensor]:
+        """Σₙ of `grad_sample`: {"weight": (C,), "bias": (C,)} for the names in `trainable`, as
+        Σ_{n,…} g ⊙ x̂ and Σ_{n,…} g over every dim but the channels', without a per-sample tensor."""
+        x, grad_out = inputs.first.detach(), grad_out.detach()
+        dims = [0, *range(2, x.dim())]
+        grads = {}
+        if "weight" in trainable:
+            grads["weight"] = (grad_out * normalised(module, x)).sum(dims)
+        if "bias" in trainable:
+            grads["bias"] = grad_out.sum(dims)
+        return grads
+
+
+register_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)(BatchNormRule)
+
+
+@register_rule(nn.modules.batchnorm._BatchNorm)
 class BatchNormCost:
-    """BatchNorm: FLOPs only. Its per-sample gradient is not computed here (in training mode its
-    statistics couple the samples; in eval mode a rule could be written like InstanceNorm's)."""
+    """Any other BatchNorm (a direct subclass of `_BatchNorm`): FLOPs only."""
 
     flops = NormRule.flops

@@ -7,7 +7,14 @@ the per-sample gradient norm. A layer type whose per-sample gradient persample d
 finds every entry, `rule_for` only those that compute gradients.
 
 Lookup: a module's type or its nearest registered base class, unless a class on the way overrides
-`forward` (`persample.layers.nearest_registered`).
+`forward` (`persample.layers.nearest_registered`). A layer of an optional package is registered by
+its qualified name (`register_rule("transformers.pytorch_utils.Conv1D")`), so persample never
+imports the package: such an entry matches by name along the module's MRO, and its rule's `layer`
+is the matched class itself (a `persample.layers.named_layer` stand-in in `rule_types`).
+
+A rule may hold in some states of its layer only (BatchNorm: in eval mode, with running
+statistics): its `applies(module)` names why it does not hold now, `rule_for` then returns None, and
+`rule_refusal_reason` gives the sentence a refusal shows.
 
 The contract every gradient formula obeys: `grad_sample(module, inputs, grad_out, trainable)`
 returns exactly the names in `trainable` (the module's own parameters with `requires_grad`, among
@@ -16,6 +23,7 @@ ask for the same names (`LayerRule.trainable`).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -23,7 +31,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ..layers import LayerInput, nearest_registered
+from ..layers import (
+    LayerInput,
+    NamedLayer,
+    named_layer,
+    nearest_registered_base,
+    qualified_name,
+)
 
 
 class LayerFlops(NamedTuple):
@@ -61,6 +75,16 @@ NormSample = Callable[[nn.Module, LayerInput, torch.Tensor, Collection[str]], to
 on T tokens ‖gWᵢ‖² = Σ_{t,s} (xᵢₜ·xᵢₛ)(gᵢₜ·gᵢₛ), Li et al. 2022, "Large Language Models Can Be
 Strong Differentially Private Learners", §4; for T = 1, ‖gᵢ‖²‖xᵢ‖², Goodfellow 2015). Squared, so
 the norms of a sample's layers add up. No rule provides it yet."""
+BatchFirst = Callable[[nn.Module, LayerInput, Any], tuple[LayerInput, Any]]
+"""`batch_first(module, inputs, output) -> (inputs, output)`: views of one call's arguments and
+output (or of anything shaped like the output: its gradient) with the sample on dim 0, for a layer
+whose layout puts it elsewhere (nn.MultiheadAttention and the recurrent layers time-major by
+default; an RNN's h_n (layers·directions, B, H) always). The checks read a call through it
+(`persample.checks.layout`); a layer without one is read as it is (batch on dim 0)."""
+Applies = Callable[[nn.Module], "str | None"]
+"""`applies(module) -> None` when the rule's formula holds for `module` in its current state, else
+why not, as a predicate of the layer ("is in training mode: ..."): BatchNorm's rule holds in eval
+mode with running statistics only; EmbeddingBag's not with scale_grad_by_freq or max_norm."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +101,11 @@ class LayerRule:
     autograd's batch gradient).
     flops: `FlopCount`; None leaves the layer out of the roofline floor (named as uncounted).
     norm_sample: `NormSample`; None for every rule today.
+    applies: `Applies`; None when the formula holds in every state of the layer. Asked by
+    `rule_for` (with a module, not a type) and by `rule_refusal_reason`.
+    batch_first: `BatchFirst`; None for a layer whose arguments and output carry the batch on dim 0.
+    layer: the registered class; for an entry registered by qualified name, the class it matched
+    (`layer_rule`, `rule_for`), or its `named_layer` stand-in (`rule_types`).
     """
 
     layer: type[nn.Module]
@@ -86,6 +115,8 @@ class LayerRule:
     grad_batch: GradSample | None = None
     flops: FlopCount | None = None
     norm_sample: NormSample | None = None
+    applies: Applies | None = None
+    batch_first: BatchFirst | None = None
 
     @property
     def computes_gradients(self) -> bool:
@@ -104,47 +135,97 @@ def trainable_locals(module: nn.Module, names: Collection[str] = ("weight", "bia
     return frozenset(n for n in names if own.get(n) is not None and own[n].requires_grad)
 
 
-_RULES: dict[type[nn.Module], LayerRule] = {}
+_RULES: dict[type[nn.Module] | str, LayerRule] = {}
+"""Keyed by class, or by qualified name for a layer of an optional package (never imported here)."""
+_MATCHED: dict[tuple[str, type], LayerRule] = {}
+"""A name-keyed rule with `layer` set to each class it matched, made once per class."""
 
 
-def register_rule(*layers: type[nn.Module]) -> Callable[[type], type]:
+def register_rule(*layers: type[nn.Module] | str) -> Callable[[type], type]:
     """Class decorator registering one `LayerRule` for each of `layers` from the class's static
-    `grad_sample`, `expanded_forward`, `grad_batch`, `flops`, `norm_sample` (each optional) and
-    `params` (default ("weight", "bias")). Raises TypeError when it has only one of grad_sample
-    and expanded_forward, or neither a formula nor `flops`."""
+    `grad_sample`, `expanded_forward`, `grad_batch`, `flops`, `norm_sample`, `applies`, `batch_first` (each optional)
+    and `params` (default ("weight", "bias")). A layer is a class, or the qualified name of one
+    ("transformers.pytorch_utils.Conv1D": matched by name, its package never imported). Raises
+    TypeError when it has only one of grad_sample and expanded_forward, or neither a formula nor `flops`."""
 
     def decorate(cls: type) -> type:
-        rule = LayerRule(
-            layers[0], getattr(cls, "grad_sample", None), getattr(cls, "expanded_forward", None),
-            getattr(cls, "params", ("weight", "bias")), getattr(cls, "grad_batch", None),
-            getattr(cls, "flops", None), getattr(cls, "norm_sample", None),
-        )
+        fields = {f: getattr(cls, f, None) for f in _FIELDS}
+        fields["params"] = getattr(cls, "params", ("weight", "bias"))
+        rule = LayerRule(object, **fields)
         if (rule.grad_sample is None) != (rule.expanded_forward is None):
             raise TypeError(f"{cls.__name__}: a rule gives both grad_sample and expanded_forward, or neither")
         if not rule.computes_gradients and rule.flops is None:
             raise TypeError(f"{cls.__name__}: a rule gives the gradient formulas, the FLOP count, or both")
         for layer in layers:
-            _RULES[layer] = LayerRule(layer, *(getattr(rule, f) for f in _FIELDS))
+            _RULES[layer] = LayerRule(named_layer(layer) if isinstance(layer, str) else layer, **fields)
+            _MATCHED.clear()
         return cls
 
     return decorate
 
 
-_FIELDS = ("grad_sample", "expanded_forward", "params", "grad_batch", "flops", "norm_sample")
+_FIELDS = ("grad_sample", "expanded_forward", "params", "grad_batch", "flops", "norm_sample", "applies", "batch_first")
 
 
 def layer_rule(module: nn.Module | type[nn.Module]) -> LayerRule | None:
-    """Every registered rule for `module`, cost-only ones included (see `nearest_registered`)."""
-    return nearest_registered(module, _RULES)
+    """Every registered rule for `module`, cost-only ones and ones that do not apply in the module's
+    state included (see `persample.layers.nearest_registered`). A rule registered by qualified name
+    comes with `layer` set to the class it matched."""
+    found = nearest_registered_base(module, _RULES)
+    if found is None:
+        return None
+    base, key = found
+    if not isinstance(key, str):
+        return _RULES[key]
+    rule = _MATCHED.get((key, base))
+    if rule is None:
+        rule = _MATCHED[key, base] = dataclasses.replace(_RULES[key], layer=base)
+    return rule
 
 
 def rule_for(module: nn.Module | type[nn.Module]) -> LayerRule | None:
     """The rule that computes `module`'s per-sample gradients, or None (no rule, a cost-only one,
-    or a subclass that overrides `forward`, whose base's formula would silently be wrong)."""
+    a subclass that overrides `forward`, whose base's formula would silently be wrong, or a rule
+    whose `applies` says it does not hold in the module's state: BatchNorm in training mode). Given
+    a type, the rule for that type whatever state its modules are in."""
     rule = layer_rule(module)
-    return rule if rule is not None and rule.computes_gradients else None
+    if rule is None or not rule.computes_gradients:
+        return None
+    if rule.applies is not None and not isinstance(module, type) and rule.applies(module) is not None:
+        return None
+    return rule
+
+
+def rule_refusal_reason(module: nn.Module) -> str | None:
+    """None when `rule_for(module)` gives a rule; else why not, as a predicate of the layer, for a
+    refusal ("layer 1 (BatchNorm2d) is in training mode: ..."):
+
+    - the rule's own reason when it does not apply in the module's state (`LayerRule.applies`);
+    - "overrides forward() of a layer with a rule, so the rule's formula may not apply";
+    - "has no per-layer rule for the parameters it owns itself ('weight', ...)" (none registered,
+      or one that counts FLOPs only).
+    """
+    if rule_for(module) is not None:
+        return None
+    rule = layer_rule(module)
+    if rule is not None and rule.computes_gradients and rule.applies is not None:
+        return rule.applies(module)
+    kind = type(module)
+    if rule is None and any(base in _RULES or qualified_name(base) in _RULES for base in kind.__mro__):
+        return "overrides forward() of a layer with a rule, so the rule's formula may not apply"
+    owned = ", ".join(repr(n) for n, p in module.named_parameters(recurse=False) if p.requires_grad)
+    return f"has no per-layer rule for the parameters it owns itself ({owned})"
 
 
 def rule_types() -> tuple[type[nn.Module], ...]:
-    """Every layer type whose per-sample gradient a rule computes, in registration order."""
-    return tuple(layer for layer, rule in _RULES.items() if rule.computes_gradients)
+    """Every layer type whose per-sample gradient a rule computes, in registration order; a layer
+    registered by qualified name is its `persample.layers.named_layer` stand-in, which `isinstance`
+    matches by name (its package is not imported)."""
+    return tuple(rule.layer for rule in _RULES.values() if rule.computes_gradients)
+
+
+def resolved_rule_types() -> tuple[type[nn.Module], ...]:
+    """`rule_types` with each stand-in replaced by its class where its package imports (importing
+    it), and left out where it does not (the optional package is missing)."""
+    types = (t.resolve() if isinstance(t, NamedLayer) else t for t in rule_types())
+    return tuple(t for t in types if t is not None)

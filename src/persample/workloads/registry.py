@@ -16,6 +16,7 @@ SIZES = ("small", "full")
 # grids, "quick" in the quick benchmark of pull requests and the main job.
 BENCH = "bench"
 QUICK = "quick"
+HUGGING_FACE = "huggingface"  # the family built from Hugging Face transformers (workloads/huggingface.py)
 # Other packages add workloads under this entry point group: each entry names a module (importing it
 # registers its workloads), a `Workload`, or an iterable of them.
 ENTRY_POINT_GROUP = "persample.workloads"
@@ -139,9 +140,10 @@ def get_workload(name: str) -> Workload:
 
 
 def all_workloads(*, without_tags: frozenset[str] = frozenset()) -> list[Workload]:
-    """Every registered workload, minus those with any of `without_tags`: the zoo, then the
-    adversarial family, each in registration order (this package's modules by name, then the
-    entry-point plugins)."""
+    """Every registered workload, minus those with any of `without_tags`: the zoo written for persample,
+    then the Hugging Face family (tag "huggingface": larger, and optional), then the adversarial
+    family, each in registration order (this package's modules by name, then the entry-point
+    plugins). The first of a kind is what the invariants take as its representative."""
     load_plugins()
     chosen = [w for w in _WORKLOADS.values() if not (w.tags & without_tags)]
-    return sorted(chosen, key=lambda w: "adversarial" in w.tags)  # stable: registration order within each
+    return sorted(chosen, key=lambda w: ("adversarial" in w.tags, HUGGING_FACE in w.tags))  # stable within each
