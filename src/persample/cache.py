@@ -12,6 +12,8 @@ read the parameters when called, so an optimizer's in-place update is seen; new 
 """
 from __future__ import annotations
 
+import enum
+
 import weakref
 from collections import OrderedDict
 
@@ -28,8 +30,9 @@ _STEPS: weakref.WeakKeyDictionary[nn.Module, OrderedDict] = weakref.WeakKeyDicti
 
 def structure(model: nn.Module) -> tuple:
     """What a prepared step depends on besides values (see the module docstring)."""
+    memo: dict[int, object] = {}
     modules = tuple(
-        (name, type(m), m.training, sum(len(getattr(m, d)) for d in HOOK_DICTS), _plain_attributes(m),
+        (name, type(m), m.training, sum(len(getattr(m, d)) for d in HOOK_DICTS), _plain_attributes(m, memo),
          _tensor_attributes(m))
         for name, m in model.named_modules(remove_duplicate=False)
     )
@@ -43,19 +46,46 @@ def structure(model: nn.Module) -> tuple:
     return modules, params, buffers
 
 
-def _plain_attributes(module: object) -> tuple:
+def _plain_attributes(module: object, memo: dict[int, object] | None = None) -> tuple:
     """The attributes a forward may branch on: every value but tensors, modules and callables, by
-    value when hashable (flags, sizes, Enums, frozen configs), else by `repr` (a mutable config)."""
-    found = []
-    for key, value in vars(module).items():
-        if key in INTERNAL or isinstance(value, (torch.Tensor, nn.Module)) or callable(value):
-            continue
+    value (`_fingerprint`: flags, sizes, Enums, and configs by their contents)."""
+    memo = {} if memo is None else memo
+    return tuple((key, _fingerprint(value, memo)) for key, value in vars(module).items()
+                 if key not in INTERNAL and not isinstance(value, (torch.Tensor, nn.Module)) and not callable(value))
+
+
+PRIMITIVE = (bool, int, float, complex, str, bytes, type(None), enum.Enum, torch.dtype, torch.device)
+
+
+def _fingerprint(value: object, memo: dict[int, object], depth: int = 0) -> object:
+    """A hashable stand-in for `value` that changes when its contents do: primitives themselves;
+    containers and objects with a `__dict__` (a Hugging Face config) by their items, recursively
+    (each object once per `structure` call, through `memo`); anything else by its hash, else its
+    `repr`. Cheaper than `repr` of a config (transformers serialises it to JSON: 0.75 ms each)."""
+    if isinstance(value, PRIMITIVE):
+        return value
+    key = id(value)
+    if key in memo:
+        return memo[key]
+    memo[key] = ("<cycle>", type(value).__qualname__)
+    if depth > 8:
+        found: object = repr(value)
+    elif isinstance(value, (tuple, list)):
+        found = (type(value).__name__, tuple(_fingerprint(v, memo, depth + 1) for v in value))
+    elif isinstance(value, dict):
+        found = ("dict", tuple((repr(k), _fingerprint(v, memo, depth + 1)) for k, v in value.items()))
+    elif isinstance(value, (torch.Tensor, nn.Module)) or callable(value):
+        found = (type(value).__qualname__, key)
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        found = (type(value).__qualname__, tuple((k, _fingerprint(v, memo, depth + 1)) for k, v in vars(value).items()))
+    else:
         try:
             hash(value)
+            found = value
         except TypeError:
-            value = repr(value)
-        found.append((key, value))
-    return tuple(found)
+            found = repr(value)
+    memo[key] = found
+    return found
 
 
 def _tensor_attributes(module: nn.Module) -> tuple:

@@ -11,6 +11,7 @@ from persample.bench.grid import BASELINE, GRID_ENV, GRIDS, Case, current_grid, 
 from persample.bench.skips import skip_reason
 from persample.methods import registry
 from persample.methods.registry import Capabilities, Method
+from persample.workloads.registry import HUGGING_FACE, all_workloads
 
 CPU = torch.device("cpu")
 
@@ -108,8 +109,9 @@ def test_the_grid_follows_the_device_unless_the_environment_names_one(monkeypatc
 
 def test_the_cpu_grid_times_every_zoo_workload_at_three_batch_sizes_or_more():
     grid = get_grid("cpu")
+    hugging_face = {w.name for w in all_workloads() if HUGGING_FACE in w.tags}
     assert {case.workload for case in grid.cases()} == {
-        "mlp", "mnist_cnn", "cifar_cnn", "text_classifier", "transformer_block", "lstm_classifier", "linear_large"}
+        "mlp", "mnist_cnn", "cifar_cnn", "text_classifier", "transformer_block", "lstm_classifier", "linear_large"} | hugging_face
     assert len(grid.batch_sizes) >= 3 and 256 in grid.batch_sizes and grid.modes == ("float32",)
 
 

@@ -40,7 +40,7 @@ def weighted_identity(
     weights = sample_weights(losses.shape[0], losses.device)
     batch_grads = gradients((weights.to(losses.dtype) * losses).sum(), list(params.values()))
     got = {n: torch.einsum("b,b...->...", weights, per_sample[n].detach().double()).unsqueeze(0) for n in params}
-    want = {n: g.detach().double().unsqueeze(0) for n, g in zip(params, batch_grads)}
+    want = {n: g.detach().unsqueeze(0) for n, g in zip(params, batch_grads)}
     _judge(context, got, want, "Σᵢ wᵢ gᵢ against the gradient of Σᵢ wᵢ ℓᵢ", hint)
     context.ran("weighted sum")
 
@@ -57,7 +57,7 @@ def definition_check(context: CheckContext, per_sample: dict[str, torch.Tensor],
             loss = context.loss_fn(sample.call(context.check_model), context.check_targets[row : row + 1])[0]
             alone = gradients(loss, list(params.values()))
         got = {n: per_sample[n][row : row + 1].detach().double() for n in params}
-        want = {n: g.detach().double().unsqueeze(0) for n, g in zip(params, alone)}
+        want = {n: g.detach().unsqueeze(0) for n, g in zip(params, alone)}  # its own dtype: `compare` reads its rounding
         _judge(context, got, want, f"sample {row}'s gradient against its gradient alone", hint)
     context.ran("alone")
 

@@ -85,7 +85,15 @@ class Program:
         return resolve(self.output, values, weights)
 
     def key(self) -> str:
-        """Text that is equal for two programs exactly when they compute the same function."""
+        """Text that is equal for two programs exactly when they compute the same function (computed
+        once: a program is immutable, and a step asks on every call)."""
+        cached = self.__dict__.get("_key")
+        if cached is None:
+            cached = self._describe()
+            object.__setattr__(self, "_key", cached)
+        return cached
+
+    def _describe(self) -> str:
         lines = [f"inputs {self.n_inputs}"]
         for op in self.ops:
             lines.append(f"{op.out}={describe_impl(op.impl)}{op.args!r}{op.kwargs!r}~{op.rebinds}")

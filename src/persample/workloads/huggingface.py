@@ -243,6 +243,11 @@ VISION_TAGS = frozenset({HF_TAG, "vision", BENCH})
 _CPU = "small"  # the full models take seconds per step on a CPU
 
 
+NAMES = ("hf_gpt2", "hf_bert", "hf_distilbert", "hf_roberta", "hf_t5", "hf_vit", "hf_llama", "hf_gpt2_lora")
+"""The family's workload names, registered or not (without `transformers` none is; without `peft`, the LoRA one is
+not): what a deviations entry may name in an environment without the `hf` extra."""
+
+
 def _register() -> None:
     """Register the family's workloads (transformers is installed; peft for the LoRA one)."""
     attention = f"attention {ATTENTION} (transformers' default)"
