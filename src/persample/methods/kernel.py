@@ -22,10 +22,10 @@ from torch import nn
 
 from ..assumptions import SETTING
 from ..capabilities import Capabilities, Finding, Refusal
-from ..contract import Batch, LossFn, trainable_owners
+from ..contract import Batch, LossFn
 from .hooks import HooksLikeMethod
 from ..assumptions import OUTPUT_GRADIENTS, PLAIN_FORWARD
-from .rule_based import REFUSALS, RELIES_ON, RuleLookup
+from .rule_based import REFUSALS, RELIES_ON, RuleLookup, layer_plan, qualified_names
 
 CPU_HINT = "set TRITON_INTERPRET=1 to run the Triton kernels on the CPU (slowly)"
 KERNEL_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16})
@@ -90,10 +90,12 @@ class KernelMethod(HooksLikeMethod):
         return {name: where for name, (where, _) in self.placement_reasons(model).items()}
 
     def placement_reasons(self, model: nn.Module) -> dict[str, tuple[str, str | None]]:
-        """{qualname: (where, why it is not on Triton, or None)}."""
+        """{qualname: (where, why it is not on Triton, or None)} for every layer of the method's plan
+        (`rule_based.layer_plan`: a child whose parameters its parent's rule claims is the parent's)."""
         from ..kernels import placement_of
 
-        return {qualname: placement_of(module) for qualname, module in trainable_owners(model)}
+        plan = layer_plan(model, self.rule_lookup())
+        return {qualname: placement_of(module) for module, qualname in qualified_names(model, plan).items()}
 
     def _prepare(self, model: nn.Module, loss_fn: LossFn, example_batch: Batch):
         step = super()._prepare(model, loss_fn, example_batch)
