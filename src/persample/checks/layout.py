@@ -81,8 +81,10 @@ def _check_shared_calls_broadcast(context: CheckContext, observed, calls: list[L
     shared = [c for c in calls if c.shared]
     if not shared:
         return
-    with torch.no_grad(), preserved(context.model), torch.random.fork_rng(devices=[]):
-        plain = context.loss_fn(context.full_call.call(context.model), context.full_targets)
+    # with gradients enabled, as the observation ran: under no_grad some layers take other paths
+    # (TransformerEncoder's nested-tensor fast path)
+    with torch.enable_grad(), preserved(context.model), torch.random.fork_rng(devices=[]):
+        plain = context.loss_fn(context.full_call.call(context.model), context.full_targets).detach()
     expanded = observed.losses.detach()
     scale = max(plain.abs().max().item(), 1e-30) if plain.numel() else 1.0
     if (plain.shape != expanded.shape or (observed.draws_random_numbers is False
