@@ -15,6 +15,7 @@ from ..state import preserved
 from .context import CheckContext
 
 RELATIVE = 1e-4  # losses computed alone and in the batch differ only by rounding (float32 or wider)
+LOSS_ROWS = 64  # samples whose loss is computed alone, at most (besides the check rows and the extremes)
 
 SHAPE_FIX = (
     "A scalar means the loss is already reduced over the batch (reduction='mean' or 'sum'), which "
@@ -40,8 +41,9 @@ def check_loss_shape(losses, batch: int) -> None:
 
 def check_loss_per_sample(context: CheckContext) -> None:
     """Raise `LossNotPerSample` unless the loss is per sample on the example batch: its shape, then
-    the loss of each check row computed alone (the model's outputs for that sample, the loss
-    function on them) against its loss in the batch."""
+    the loss of each check row, of the samples with the smallest and the largest loss, and of the
+    first `LOSS_ROWS` samples, computed alone (the model's outputs for that sample, the loss function
+    on them), against its loss in the batch."""
     observed = context.observation()
     batch = context.full_size
     check_loss_shape(observed.losses, batch)
@@ -53,7 +55,12 @@ def check_loss_per_sample(context: CheckContext) -> None:
     if dims is None:
         context.skipped("loss alone", "the model's outputs have no dimension of the batch's size per sample")
         return
-    for i in context.rows:
+    # The loss alone costs one call of the loss function on one sample's outputs (not a forward), so
+    # many rows are checked: the check rows, the samples with the smallest and largest losses in the
+    # batch (what a loss keeping the hardest samples, or clipping the largest, treats otherwise), and
+    # the first LOSS_ROWS.
+    rows = dict.fromkeys([*context.rows, int(in_batch.argmin()), int(in_batch.argmax()), *range(min(batch, LOSS_ROWS))])
+    for i in rows:
         with torch.no_grad():
             alone = context.loss_fn(_sample(observed.outputs, dims, i), context.full_targets[i : i + 1])
         check_loss_shape(alone, 1)
