@@ -32,7 +32,6 @@ from persample.layers import (
     qualified_name,
     uses_running_stats,
 )
-from persample.methods.rule_based import trainable_names
 from persample.rules import (
     LayerRule,
     layer_rule,
@@ -114,7 +113,7 @@ def test_every_rule_computes_exactly_the_parameters_it_is_asked_for(layer, x):
     args = x if isinstance(x, tuple) else (x,)
     grad_out = tree_map(lambda t: torch.randn_like(t) if isinstance(t, torch.Tensor) else t, layer(*args))
     inputs = LayerInput.of(*args)
-    owned = trainable_names(layer, rule)
+    owned = rule.trainable(layer)
     full = rule.grad_sample(layer, inputs, grad_out, owned)
     for size in range(len(owned) + 1):
         for asked in itertools.combinations(sorted(owned), size):

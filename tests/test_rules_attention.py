@@ -20,7 +20,8 @@ from torch.func import functional_call
 
 from persample.layers import LayerInput
 from persample.rules.attention import MultiheadAttentionRule as Rule
-from persample.rules.attention import owned_tensor, shared_weights, trainable_names
+from persample.rules.attention import shared_weights
+from persample.rules.registry import owned_tensor, trainable_locals
 
 B, L, S, E, HEADS = 3, 4, 5, 8, 2
 
@@ -148,7 +149,7 @@ def loop_reference(mha: nn.MultiheadAttention, config: Config, inputs: LayerInpu
     """{name: (B, *shape)}: sample by sample, the layer called on that sample alone and autograd of
     ⟨its outputs, its rows of grad_out⟩ (time-major: the output's sample is dim 1; the weights'
     is always dim 0)."""
-    names = sorted(trainable_names(mha, Rule.params))
+    names = sorted(trainable_locals(mha, Rule.params))
     dim = 0 if config.batch_first else 1
     per_sample = {name: [] for name in names}
     for n in range(B):
@@ -184,7 +185,7 @@ def test_per_sample_gradients_are_the_loops_over_samples_alone(config, with_weig
     mha, inputs = layer(config), call(config)
     grad_out = random_grad_out(quiet(lambda: mha(*inputs.args, **inputs.kwargs)), with_weights)
     want = quiet(loop_reference, mha, config, inputs, grad_out)
-    trainable = trainable_names(mha, Rule.params)
+    trainable = trainable_locals(mha, Rule.params)
     got = quiet(Rule.grad_sample, mha, inputs, grad_out, trainable)
     assert set(got) == set(want) == trainable
     for name in want:
@@ -196,7 +197,7 @@ def test_per_sample_gradients_are_the_loops_over_samples_alone(config, with_weig
 def test_the_batch_gradient_is_the_sum_of_the_per_sample_ones(config):
     mha, inputs = layer(config), call(config)
     grad_out = random_grad_out(quiet(lambda: mha(*inputs.args, **inputs.kwargs)), True)
-    trainable = trainable_names(mha, Rule.params)
+    trainable = trainable_locals(mha, Rule.params)
     per_sample = quiet(Rule.grad_sample, mha, inputs, grad_out, trainable)
     summed = quiet(Rule.grad_batch, mha, inputs, grad_out, trainable)
     assert set(summed) == trainable
@@ -239,7 +240,7 @@ def test_only_the_trainable_tensors_are_computed_and_the_frozen_ones_still_shape
     mha.in_proj_weight.requires_grad_(False)
     mha.bias_v.requires_grad_(False)
     grad_out = random_grad_out(mha(*inputs.args, **inputs.kwargs), True)
-    trainable = trainable_names(mha, Rule.params)
+    trainable = trainable_locals(mha, Rule.params)
     assert trainable == {"in_proj_bias", "bias_k", "out_proj.weight", "out_proj.bias"}
     want = loop_reference(mha, config, inputs, grad_out)
     for asked in (trainable, {"out_proj.bias"}, {"bias_k", "in_proj_bias"}, set()):
@@ -257,13 +258,13 @@ def test_the_rule_says_where_the_sample_is_in_each_output():
 def test_outputs_that_do_not_reach_the_loss_give_zero_gradients():
     config = Config()
     mha, inputs = layer(config), call(config)
-    got = Rule.grad_sample(mha, inputs, (None, None), trainable_names(mha, Rule.params))
+    got = Rule.grad_sample(mha, inputs, (None, None), trainable_locals(mha, Rule.params))
     assert got and all(g.shape[0] == B and not g.any() for g in got.values())
 
 
 def test_the_parameters_claimed_are_those_the_layers_forward_reads_out_proj_included():
     mha = nn.MultiheadAttention(E, HEADS, kdim=6, vdim=5, add_bias_kv=True)
-    assert trainable_names(mha, Rule.params) == {name for name, _ in mha.named_parameters()}
+    assert trainable_locals(mha, Rule.params) == {name for name, _ in mha.named_parameters()}
     assert owned_tensor(mha, "out_proj.weight") is mha.out_proj.weight
     assert owned_tensor(mha, "in_proj_weight") is None  # separate q, k, v weights: held as None
 
@@ -301,7 +302,7 @@ def test_the_flop_count_counts_the_products_and_only_the_trainable_gradients():
     projections = 2 * B * (L + 2 * S) * E * E
     attention, out = 2 * 2 * B * L * S * E, 2 * B * L * E * E
     biases = B * (L + 2 * S) * E + B * L * E
-    everything = Rule.flops(mha, inputs, None, trainable_names(mha, Rule.params))
+    everything = Rule.flops(mha, inputs, None, trainable_locals(mha, Rule.params))
     assert everything.forward == projections + attention + out + biases
     assert everything.input_grad == projections  # the backward through the attention is param_grad's
     assert everything.param_grad == projections + out + biases + 2 * attention + out

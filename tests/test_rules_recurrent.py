@@ -20,7 +20,8 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from persample.layers import LayerInput
-from persample.rules.attention import shared_weights, trainable_names
+from persample.rules.attention import shared_weights
+from persample.rules.registry import trainable_locals
 from persample.rules.recurrent import RecurrentRule as Rule
 from persample.rules.recurrent import recurrent_params
 
@@ -152,7 +153,7 @@ def test_per_sample_gradients_are_the_loops_over_samples_alone(config, reaching)
     module, inputs = layer(config), call(config)
     grad_out = random_grad_out(config, module(*inputs.args), reaching)
     want = loop_reference(module, config, inputs, grad_out)
-    trainable = trainable_names(module, Rule.params)
+    trainable = trainable_locals(module, Rule.params)
     got = Rule.grad_sample(module, inputs, grad_out, trainable)
     assert set(got) == set(want) == trainable == set(module._flat_weights_names)
     for name in want:
@@ -164,7 +165,7 @@ def test_per_sample_gradients_are_the_loops_over_samples_alone(config, reaching)
 def test_the_batch_gradient_is_the_sum_of_the_per_sample_ones(config):
     module, inputs = layer(config), call(config)
     grad_out = random_grad_out(config, module(*inputs.args), "all")
-    trainable = trainable_names(module, Rule.params)
+    trainable = trainable_locals(module, Rule.params)
     per_sample = Rule.grad_sample(module, inputs, grad_out, trainable)
     summed = Rule.grad_batch(module, inputs, grad_out, trainable)
     assert set(summed) == trainable
@@ -207,7 +208,7 @@ def test_the_expanded_forward_passes_on_the_gradients_of_its_input_and_initial_s
     grad_out = random_grad_out(config, module(x, state), "all")
     total = sum((o * g).sum() for o, g in zip(leaves(module(x, state)), leaves(grad_out)))
     want = torch.autograd.grad(total, arguments + list(module.parameters()))
-    weights = shared_weights(module, Rule.params, B, trainable_names(module, Rule.params))
+    weights = shared_weights(module, Rule.params, B, trainable_locals(module, Rule.params))
     outputs = Rule.expanded_forward(module, LayerInput.of(x, state), weights)
     total = sum((o * g).sum() for o, g in zip(leaves(outputs), leaves(grad_out)))
     got = torch.autograd.grad(total, arguments + [weights[name] for name in module._flat_weights_names])
@@ -251,7 +252,7 @@ def test_only_the_trainable_tensors_are_computed():
     module.weight_hh_l0.requires_grad_(False)
     module.bias_ih_l1_reverse.requires_grad_(False)
     grad_out = random_grad_out(config, module(*inputs.args), "all")
-    trainable = trainable_names(module, Rule.params)
+    trainable = trainable_locals(module, Rule.params)
     assert trainable == set(module._flat_weights_names) - {"weight_hh_l0", "bias_ih_l1_reverse"}
     want = loop_reference(module, config, inputs, grad_out)
     for asked in (trainable, {"weight_hr_l1_reverse"}, {"weight_ih_l0", "bias_hh_l1"}, set()):
@@ -264,14 +265,14 @@ def test_only_the_trainable_tensors_are_computed():
 def test_outputs_that_do_not_reach_the_loss_give_zero_gradients():
     config = Config("GRU")
     module, inputs = layer(config), call(config)
-    got = Rule.grad_sample(module, inputs, (None, None), trainable_names(module, Rule.params))
+    got = Rule.grad_sample(module, inputs, (None, None), trainable_locals(module, Rule.params))
     assert set(got) == set(module._flat_weights_names) and all(not g.any() for g in got.values())
 
 
 def test_the_parameters_claimed_cover_every_layer_and_direction():
     module = nn.LSTM(3, 4, num_layers=3, bidirectional=True, proj_size=2)
     assert set(module._flat_weights_names) <= set(recurrent_params())
-    assert trainable_names(module, Rule.params) == {name for name, _ in module.named_parameters()}
+    assert trainable_locals(module, Rule.params) == {name for name, _ in module.named_parameters()}
 
 
 def test_dropout_between_layers_in_training_mode_is_refused():
@@ -303,7 +304,7 @@ def test_the_flop_count_counts_the_products_and_only_the_trainable_gradients(kin
     g, tokens = gates * HIDDEN, B * T
     first, rest = 2 * g * (INPUT + HIDDEN), 2 * g * (HIDDEN + HIDDEN)
     biases = 2 * 2 * g
-    everything = Rule.flops(module, inputs, None, trainable_names(module, Rule.params))
+    everything = Rule.flops(module, inputs, None, trainable_locals(module, Rule.params))
     assert everything.forward == tokens * (first + rest + biases)
     assert everything.input_grad == tokens * 2 * g * INPUT
     assert everything.param_grad == tokens * (first + rest - 2 * g * INPUT) + tokens * (first + rest + biases)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from persample import Unsupported, per_sample_grads
+from persample.losses import shifted_token_cross_entropy
 from persample.reference import compare, reference_grads, tolerance_for
+from persample.workloads.huggingface import LogitsOf
 
 transformers = pytest.importorskip("transformers")
 
@@ -51,28 +52,17 @@ class WithBranch(nn.Module):
         return self.head(self.block(x))
 
 
-class Logits(nn.Module):
-    """`forward(**batch) -> model(**batch).logits`."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, **kwargs):
-        return self.model(**kwargs).logits
-
-
 def tiny_bert() -> nn.Module:
     config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=37, hidden_dropout_prob=0, attention_probs_dropout_prob=0,
                                      num_labels=3)
-    return Logits(transformers.BertForSequenceClassification(config).eval())
+    return LogitsOf(transformers.BertForSequenceClassification(config).eval())
 
 
 def tiny_gpt2() -> nn.Module:
     config = transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=32, resid_pdrop=0,
                                      embd_pdrop=0, attn_pdrop=0, bos_token_id=1, eos_token_id=2)
-    return Logits(transformers.GPT2LMHeadModel(config).eval())
+    return LogitsOf(transformers.GPT2LMHeadModel(config).eval())
 
 
 def token_batch(batch: int = 4, length: int = 7, seed: int = 0):
@@ -82,13 +72,6 @@ def token_batch(batch: int = 4, length: int = 7, seed: int = 0):
     mask[-1, -3:] = 0  # one padded sample
     return ids, mask
 
-
-def shifted_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy per sample over the labels that are not -100 (padding)."""
-    logits, labels = logits[:, :-1], labels[:, 1:]
-    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none",
-                             ignore_index=-100).view(labels.shape)
-    return losses.sum(1) / (labels != -100).sum(1).clamp_min(1)
 
 
 def right_or_refused(model, inputs, targets, loss_fn, module: str, kind: str):
@@ -170,10 +153,10 @@ def test_bert_with_a_padded_attention_mask_is_right():
 def test_gpt2_with_a_padded_attention_mask_is_right():
     ids, mask = token_batch()
     assert None is right_or_refused(tiny_gpt2(), {"input_ids": ids, "attention_mask": mask}, ids.masked_fill(mask == 0, -100),
-                     shifted_token_loss, "model.transformer", "GPT2Model")
+                     shifted_token_cross_entropy, "model.transformer", "GPT2Model")
 
 
 def test_gpt2_without_a_mask_has_no_branch_and_is_right():
     ids, _ = token_batch()
-    assert right_or_refused(tiny_gpt2(), {"input_ids": ids}, ids, shifted_token_loss, "model.transformer",
+    assert right_or_refused(tiny_gpt2(), {"input_ids": ids}, ids, shifted_token_cross_entropy, "model.transformer",
                             "GPT2Model") is None

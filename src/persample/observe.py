@@ -29,6 +29,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from .batch import CallArgs
 from .layers import LayerInput
 from .rules import layer_rule
+from .rules.registry import owned_tensor
 from .state import preserved, rng_state, same_rng_state
 
 DIFFERENTIATING = {torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward}
@@ -175,11 +176,8 @@ class _Recorder:
         for module in model.modules():  # a rule claiming a child's parameter: its forward reads it itself
             rule = layer_rule(module)
             for dotted in (n for n in (rule.params if rule is not None else ()) if "." in n):
-                try:
-                    param = module.get_parameter(dotted)
-                except AttributeError:
-                    continue
-                if id(param) in self.parameters:
+                param = owned_tensor(module, dotted)
+                if param is not None and id(param) in self.parameters:
                     self.parameters[id(param)][1].add(module)
         self.capture = capture
         self.stack: list[nn.Module] = []

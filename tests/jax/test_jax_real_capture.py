@@ -20,7 +20,9 @@ from persample import LossNotPerSample, StaleStep, Unsupported, per_sample_grads
 from persample.jax_translate.guarded import GuardedStep
 from persample.methods.jax import JaxMethod
 from persample.methods.registry import get
+from persample.losses import cross_entropy, seq2seq_token_cross_entropy, shifted_token_cross_entropy
 from persample.reference import compare, reference_grads, tolerance_for
+from persample.workloads.huggingface import LogitsOf
 
 QUICK = JaxMethod(optimize=False)
 
@@ -246,17 +248,6 @@ def test_the_static_check_leaves_an_untraceable_forward_to_the_capture():
 transformers = None
 
 
-class Logits(nn.Module):
-    """`forward(**batch) -> model(**batch).logits`."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, **kwargs):
-        return self.model(**kwargs).logits
-
-
 def hf_tokens(batch: int = 4, length: int = 7):
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 99, (batch, length), generator=generator)
@@ -265,35 +256,19 @@ def hf_tokens(batch: int = 4, length: int = 7):
     return ids, mask
 
 
-def shifted_token_loss(logits, labels):
-    """Mean next-token cross-entropy per sample over the labels that are not -100 (padding)."""
-    logits, labels = logits[:, :-1], labels[:, 1:]
-    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none",
-                             ignore_index=-100).view(labels.shape)
-    return losses.sum(1) / (labels != -100).sum(1).clamp_min(1)
 
-
-def token_loss(logits, labels):
-    """Mean token cross-entropy per sample over the labels that are not -100."""
-    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none",
-                             ignore_index=-100).view(labels.shape)
-    return losses.sum(1) / (labels != -100).sum(1).clamp_min(1)
-
-
-def class_loss(logits, labels):
-    return F.cross_entropy(logits, labels, reduction="none")
 
 
 def causal_lm(model):
     ids, mask = hf_tokens()
-    return Logits(model.eval()), {"input_ids": ids, "attention_mask": mask}, ids.masked_fill(mask == 0, -100), shifted_token_loss
+    return LogitsOf(model.eval()), {"input_ids": ids, "attention_mask": mask}, ids.masked_fill(mask == 0, -100), shifted_token_cross_entropy
 
 
 def classifier(model, pad_id=None):
     ids, mask = hf_tokens()
     if pad_id is not None:
         ids = ids.masked_fill(mask == 0, pad_id)
-    return Logits(model.eval()), {"input_ids": ids, "attention_mask": mask}, torch.tensor([0, 1, 2, 1]), class_loss
+    return LogitsOf(model.eval()), {"input_ids": ids, "attention_mask": mask}, torch.tensor([0, 1, 2, 1]), cross_entropy
 
 
 def gpt2():
@@ -334,7 +309,7 @@ def t5():
     decoder_mask = torch.cat([torch.ones(4, 1, dtype=torch.long), (labels[:, :-1] != -100).long()], 1)
     inputs = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": decoder_ids,
               "decoder_attention_mask": decoder_mask}
-    return Logits(transformers.T5ForConditionalGeneration(config).eval()), inputs, labels, token_loss
+    return LogitsOf(transformers.T5ForConditionalGeneration(config).eval()), inputs, labels, seq2seq_token_cross_entropy
 
 
 def vit():
@@ -342,8 +317,8 @@ def vit():
                                     num_attention_heads=4, intermediate_size=37, hidden_dropout_prob=0,
                                     attention_probs_dropout_prob=0, num_labels=3)
     pixels = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    return Logits(transformers.ViTForImageClassification(config).eval()), {"pixel_values": pixels}, \
-        torch.tensor([0, 1, 2, 1]), class_loss
+    return LogitsOf(transformers.ViTForImageClassification(config).eval()), {"pixel_values": pixels}, \
+        torch.tensor([0, 1, 2, 1]), cross_entropy
 
 
 def llama():
@@ -362,7 +337,7 @@ def gpt2_lora():
     for name, param in adapted.named_parameters():
         if "lora_B" in name:  # non-zero, so the adapter's gradients are not trivially zero
             nn.init.normal_(param, std=0.1)
-    return Logits(adapted).eval(), inputs, labels, loss
+    return LogitsOf(adapted).eval(), inputs, labels, loss
 
 
 HF_MODELS = {"gpt2": gpt2, "bert": bert, "distilbert": distilbert, "roberta": roberta, "t5": t5, "vit": vit,

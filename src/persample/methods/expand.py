@@ -29,10 +29,11 @@ from ..checks.guard import check_no_gradient_outside
 from ..layers import LayerInput
 from ..observe import expand_shared, shared_arguments
 from ..rules import LayerRule
+from ..rules.registry import owned_tensor
 from ..state import preserved
 from ..checks.guard import BatchResidual
 from .hooks import IDENTITY_HINT, _check_outputs_intact, capture_calls, live_calls, output_targets, rule_gradients, zeros_where_unreached
-from .rule_based import REFUSALS, RELIES_ON, RuleBasedMethod, layer_plan, placement_of_plan, qualified_names, trainable_names
+from .rule_based import REFUSALS, RELIES_ON, RuleBasedMethod, layer_plan, placement_of_plan, qualified_names
 
 LOSS_RELATIVE = 1e-5  # the expanded forward computes the model's own losses, up to rounding
 OUTPUT_RELATIVE = 1e-4  # and each layer's output, up to rounding (float32 on the checks' widened model)
@@ -68,15 +69,9 @@ def call_weights(module: nn.Module, names: Collection[str], expanded: dict[int, 
     module holds as None (no bias) is left out."""
     weights = {}
     for name in names:
-        owner, _, local = name.rpartition(".")
-        holder = module.get_submodule(owner) if owner else module
-        param = holder._parameters.get(local)
-        if param is not None and id(param) in expanded:
-            weights[name] = expanded[id(param)]
-            continue
-        tensor = getattr(holder, local, None)
-        if isinstance(tensor, torch.Tensor):
-            weights[name] = tensor.unsqueeze(0).expand(batch, *tensor.shape)
+        tensor = owned_tensor(module, name)
+        if tensor is not None:
+            weights[name] = expanded[id(tensor)] if id(tensor) in expanded else tensor.unsqueeze(0).expand(batch, *tensor.shape)
     return weights
 
 
@@ -91,7 +86,7 @@ def expanded_parameters(plan: dict[nn.Module, LayerRule], params: dict[str, nn.P
     """The parameters of `params` that a routed layer (see `routed_and_captured`) computes: those that
     get a per-sample (B, *shape) leaf."""
     routed, _ = routed_and_captured(plan)
-    ids = {id(module.get_parameter(name)) for module, rule in routed.items() for name in trainable_names(module, rule)}
+    ids = {id(module.get_parameter(name)) for module, rule in routed.items() for name in rule.trainable(module)}
     return {name: p for name, p in params.items() if id(p) in ids}
 
 

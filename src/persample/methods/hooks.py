@@ -31,7 +31,7 @@ from ..observe import LayerCall, broadcast_shared, is_shared_call, output_versio
 from ..rules.functional import functional_grad_sample
 from ..rules import LayerRule
 from ..assumptions import OUTPUT_GRADIENTS, PLAIN_FORWARD
-from .rule_based import REFUSALS, RELIES_ON, RuleBasedMethod, layer_plan, placement_of_plan, qualified_names, trainable_names
+from .rule_based import REFUSALS, RELIES_ON, RuleBasedMethod, layer_plan, placement_of_plan, qualified_names
 
 IDENTITY_HINT = (
     "A parameter reaches the loss other than through the calls of the layer that owns it, or a "
@@ -119,7 +119,7 @@ def rule_gradients(
                     tree_unflatten([mine.get(i) for i in range(len(entry.leaves))], entry.spec))
         rule = plan[call.module]
         if call.module not in names:
-            names[call.module] = trainable_names(call.module, rule)
+            names[call.module] = rule.trainable(call.module)
         trainable = names[call.module]
         per_call = _apply(rule, call, grad_out, trainable, method)
         summed = (rule.grad_batch(call.module, call.inputs, grad_out, trainable) if rule.grad_batch else
@@ -159,7 +159,7 @@ def grads_from_calls(
     """{name: (B, *param.shape)} for every parameter in `params`: each call's rule from `plan`
     (`rule_based.layer_plan`) applied to (arguments, ∂Σℓ/∂output), summed per parameter (reused or
     tied layers add up); a parameter that no call reached gets zeros. Each rule is asked only for its
-    module's trainable parameters (`trainable_names`): nothing is computed for a frozen one. Calls
+    module's trainable parameters (`LayerRule.trainable`): nothing is computed for a frozen one. Calls
     whose output carries no gradient (made under torch.no_grad()) contribute nothing. With `guard`,
     the same backward also gives autograd's batch gradient, held against the rules' batch formulas
     (`persample.checks.guard`), which raises `StaleStep` when they disagree; `Unsupported` when a

@@ -20,6 +20,7 @@ from ..assumptions import BATCH_FIRST, INTACT_OUTPUTS, LAYER_RULES, MATCHES_DEFI
 from ..capabilities import Finding, Refusal
 from ..contract import trainable_owners
 from ..rules import LayerRule, layer_rule, rule_for
+from ..rules.registry import owned_tensor
 from ..rules.functional import PLACEMENT as FALLBACK, fallback_rule, functional_grad_sample
 from .base import Method
 
@@ -33,22 +34,7 @@ def claimed_parameters(module: nn.Module, rule: LayerRule) -> dict[str, nn.Param
     """{dotted name: parameter} of the children's trainable parameters `rule` claims for `module`
     (`rule.params` names such as nn.MultiheadAttention's "out_proj.weight": its forward reads them
     itself, the child is never called)."""
-    claimed = {}
-    for name in rule.params:
-        if "." in name:
-            try:
-                param = module.get_parameter(name)
-            except AttributeError:
-                continue
-            if param.requires_grad:
-                claimed[name] = param
-    return claimed
-
-
-def trainable_names(module: nn.Module, rule: LayerRule) -> frozenset[str]:
-    """The names, among `rule.params`, of the trainable parameters `module`'s rule computes: its own
-    (`LayerRule.trainable`) and those it claims from children (`claimed_parameters`)."""
-    return rule.trainable(module) | frozenset(claimed_parameters(module, rule))
+    return {name: owned_tensor(module, name) for name in rule.trainable(module) if "." in name}
 
 
 def layer_plan(model: nn.Module, lookup: RuleLookup = rule_for) -> dict[nn.Module, LayerRule]:

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..layers import LayerInput
 from .linear import SharedWeightLinear
-from .registry import LayerFlops, register_rule
+from .registry import LayerFlops, owned_tensor, register_rule
 
 IN_PROJECTIONS = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight",
                   "bias_k", "bias_v")
@@ -42,25 +42,6 @@ OUT_PROJECTION = ("out_proj.weight", "out_proj.bias")
 
 
 # --- helpers shared with the recurrent rules: dotted names and autograd through a batched forward ---
-
-def owned_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
-    """The tensor `module` holds under the (possibly dotted) `name` ("out_proj.weight" is
-    `module.out_proj.weight`), or None when a step of the path is missing or holds None."""
-    *path, leaf = name.split(".")
-    owner: Any = module
-    for step in path:
-        owner = getattr(owner, step, None)
-        if owner is None:
-            return None
-    tensor = getattr(owner, leaf, None)
-    return tensor if isinstance(tensor, torch.Tensor) else None
-
-
-def trainable_names(module: nn.Module, names: Collection[str]) -> frozenset[str]:
-    """The names among `names` (dotted ones included) of parameters `module` holds that require
-    gradients: what a rule's `grad_sample` is asked for under contract (a)."""
-    return frozenset(n for n in names if isinstance(t := owned_tensor(module, n), nn.Parameter) and t.requires_grad)
-
 
 def shared_weights(module: nn.Module, names: Collection[str], batch: int,
                    trainable: Collection[str] = ()) -> dict[str, torch.Tensor]:

@@ -124,15 +124,29 @@ class LayerRule:
         return self.grad_sample is not None and self.expanded_forward is not None
 
     def trainable(self, module: nn.Module) -> frozenset[str]:
-        """The local names, among `params`, of `module`'s own parameters that require gradients:
-        what its formulas are asked for."""
+        """The names, among `params`, of the parameters `module` holds that require gradients (its own,
+        and children's it claims by dotted name): what its formulas are asked for."""
         return trainable_locals(module, self.params)
 
 
+def owned_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """The tensor `module` holds under the (possibly dotted) `name` ("out_proj.weight" is
+    `module.out_proj.weight`, a child's parameter the module's own forward reads), or None when a
+    step of the path is missing or holds None."""
+    *path, leaf = name.split(".")
+    owner: Any = module
+    for step in path:
+        owner = getattr(owner, step, None)
+        if owner is None:
+            return None
+    tensor = getattr(owner, leaf, None)
+    return tensor if isinstance(tensor, torch.Tensor) else None
+
+
 def trainable_locals(module: nn.Module, names: Collection[str] = ("weight", "bias")) -> frozenset[str]:
-    """The names in `names` of `module`'s own parameters that exist and have `requires_grad`."""
-    own = module._parameters
-    return frozenset(n for n in names if own.get(n) is not None and own[n].requires_grad)
+    """The names in `names` (dotted ones: a child's parameter the module's rule claims) of parameters
+    `module` holds that exist and have `requires_grad`."""
+    return frozenset(n for n in names if isinstance(t := owned_tensor(module, n), nn.Parameter) and t.requires_grad)
 
 
 _RULES: dict[type[nn.Module] | str, LayerRule] = {}
